@@ -1,0 +1,3 @@
+module github.com/flotilla/flotilla/eventd
+
+go 1.26.8

@@ -1,0 +1,82 @@
+package server
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+)
+
+// SplitAddress tells a unix socket address from a TCP one. It accepts
+// "/path", "unix:///path", "unix:/path", "tcp://host:port" and "host:port".
+func SplitAddress(addr string) (network, address string, err error) {
+	switch {
+	case addr == "":
+		return "", "", errors.New("empty address")
+	case strings.HasPrefix(addr, "unix://"):
+		return "unix", strings.TrimPrefix(addr, "unix://"), nil
+	case strings.HasPrefix(addr, "unix:"):
+		return "unix", strings.TrimPrefix(addr, "unix:"), nil
+	case strings.HasPrefix(addr, "tcp://"):
+		return "tcp", strings.TrimPrefix(addr, "tcp://"), nil
+	case strings.HasPrefix(addr, "/"), strings.HasPrefix(addr, "."):
+		return "unix", addr, nil
+	case strings.Contains(addr, "://"):
+		return "", "", fmt.Errorf("address %q: only unix:// and tcp:// are served", addr)
+	default:
+		return "tcp", addr, nil
+	}
+}
+
+// Listen listens on addr. A unix socket gets mode 0660 and its directory is
+// created; a socket file left by a crashed run is removed, but only after a
+// dial shows nobody serves on it, so two daemons never steal one address.
+func Listen(addr string) (net.Listener, error) {
+	network, address, err := SplitAddress(addr)
+	if err != nil {
+		return nil, err
+	}
+	if network == "tcp" {
+		return net.Listen("tcp", address)
+	}
+	if err := os.MkdirAll(filepath.Dir(address), 0o711); err != nil {
+		return nil, fmt.Errorf("socket directory: %w", err)
+	}
+	if err := removeStaleSocket(address); err != nil {
+		return nil, err
+	}
+	l, err := net.Listen("unix", address)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.Chmod(address, 0o660); err != nil {
+		l.Close()
+		return nil, fmt.Errorf("socket mode: %w", err)
+	}
+	return l, nil
+}
+
+func removeStaleSocket(path string) error {
+	fi, err := os.Lstat(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if fi.Mode().Type() != fs.ModeSocket {
+		return fmt.Errorf("%s exists and is not a socket; refusing to replace it", path)
+	}
+	if c, err := net.DialTimeout("unix", path, 500*time.Millisecond); err == nil {
+		c.Close()
+		return fmt.Errorf("%s: another process is serving on this socket", path)
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("remove stale socket: %w", err)
+	}
+	return nil
+}

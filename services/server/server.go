@@ -1,0 +1,212 @@
+// Package server is the start-up and shutdown every Flotilla daemon shares:
+// it serves gRPC on a unix socket or TCP with containerd's namespace and error
+// conventions, gRPC health, Prometheus metrics on HTTP, the daemon's Info and
+// Introspection, and stops gracefully on SIGTERM or SIGINT.
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	grpcprom "github.com/grpc-ecosystem/go-grpc-middleware/providers/prometheus"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	servicev1 "github.com/flotilla/flotilla/proto/service/v1"
+	"github.com/flotilla/flotilla/services/config"
+	"github.com/flotilla/flotilla/services/version"
+)
+
+// Server is one daemon's gRPC server with everything around it.
+type Server struct {
+	name     string
+	cfg      config.Common
+	log      *slog.Logger
+	grpc     *grpc.Server
+	health   *health.Server
+	metrics  *grpcprom.ServerMetrics
+	registry *prometheus.Registry
+	started  time.Time
+	onStop   []func()
+}
+
+type options struct {
+	grpcOpts []grpc.ServerOption
+}
+
+// Option changes how New builds the server.
+type Option func(*options)
+
+// WithGRPCOptions adds options to the gRPC server, such as the gateway's
+// handler for services it does not implement itself.
+func WithGRPCOptions(opts ...grpc.ServerOption) Option {
+	return func(o *options) { o.grpcOpts = append(o.grpcOpts, opts...) }
+}
+
+// New builds the server of daemon name. Register services on GRPC() before Run.
+func New(name string, cfg config.Common, log *slog.Logger, opts ...Option) *Server {
+	var o options
+	for _, opt := range opts {
+		opt(&o)
+	}
+	registry := prometheus.NewRegistry()
+	registry.MustRegister(
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+	)
+	metrics := grpcprom.NewServerMetrics(grpcprom.WithServerHandlingTimeHistogram(
+		grpcprom.WithHistogramBuckets([]float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10}),
+	))
+	registry.MustRegister(metrics)
+
+	// Metrics sit outermost so they count the gRPC code the client sees;
+	// errors are converted before that, namespaces are read first of all.
+	grpcOpts := append([]grpc.ServerOption{
+		grpc.ChainUnaryInterceptor(metrics.UnaryServerInterceptor(), errorsUnary, logUnary(log), namespaceUnary),
+		grpc.ChainStreamInterceptor(metrics.StreamServerInterceptor(), errorsStream, logStream(log), namespaceStream),
+	}, o.grpcOpts...)
+
+	s := &Server{
+		name:     name,
+		cfg:      cfg,
+		log:      log,
+		grpc:     grpc.NewServer(grpcOpts...),
+		health:   health.NewServer(),
+		metrics:  metrics,
+		registry: registry,
+		started:  time.Now(),
+	}
+	healthpb.RegisterHealthServer(s.grpc, s.health)
+	servicev1.RegisterInfoServer(s.grpc, &infoService{s: s})
+	return s
+}
+
+// GRPC is the server to register the daemon's services on.
+func (s *Server) GRPC() *grpc.Server { return s.grpc }
+
+// Registry is where the daemon registers its own Prometheus metrics.
+func (s *Server) Registry() *prometheus.Registry { return s.registry }
+
+// Logger is the daemon's logger.
+func (s *Server) Logger() *slog.Logger { return s.log }
+
+// Config is the daemon's common configuration.
+func (s *Server) Config() config.Common { return s.cfg }
+
+// SetServing reports one service's health ("" is the whole daemon).
+func (s *Server) SetServing(service string, serving bool) {
+	st := healthpb.HealthCheckResponse_NOT_SERVING
+	if serving {
+		st = healthpb.HealthCheckResponse_SERVING
+	}
+	s.health.SetServingStatus(service, st)
+}
+
+// OnStop registers f to run after the gRPC server has stopped, such as
+// closing a database. They run in reverse order of registration.
+func (s *Server) OnStop(f func()) { s.onStop = append(s.onStop, f) }
+
+// Run serves until ctx ends or SIGTERM/SIGINT arrives, then stops taking new
+// calls, lets in-flight ones finish within the shutdown timeout, cuts the
+// rest, and runs the OnStop functions.
+func (s *Server) Run(ctx context.Context) error {
+	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	defer func() {
+		for i := len(s.onStop) - 1; i >= 0; i-- {
+			s.onStop[i]()
+		}
+	}()
+
+	l, err := Listen(s.cfg.Address)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", s.cfg.Address, err)
+	}
+	s.metrics.InitializeMetrics(s.grpc)
+
+	var metricsSrv *http.Server
+	if s.cfg.MetricsAddress != "" {
+		ml, err := net.Listen("tcp", s.cfg.MetricsAddress)
+		if err != nil {
+			l.Close()
+			return fmt.Errorf("metrics listen on %s: %w", s.cfg.MetricsAddress, err)
+		}
+		mux := http.NewServeMux()
+		mux.Handle("/metrics", promhttp.HandlerFor(s.registry, promhttp.HandlerOpts{Registry: s.registry}))
+		metricsSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+		go func() {
+			if err := metricsSrv.Serve(ml); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				s.log.Error("metrics server stopped", "error", err)
+			}
+		}()
+	}
+
+	served := make(chan error, 1)
+	go func() { served <- s.grpc.Serve(l) }()
+	s.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+	s.log.Info("serving", "address", s.cfg.Address, "metrics", s.cfg.MetricsAddress,
+		"version", version.Version, "revision", version.Revision, "pid", os.Getpid())
+
+	select {
+	case err := <-served:
+		return fmt.Errorf("serve: %w", err)
+	case <-ctx.Done():
+	}
+	s.log.Info("shutting down", "timeout", s.cfg.ShutdownTimeout.String())
+	s.health.Shutdown()
+	s.stopGRPC(time.Duration(s.cfg.ShutdownTimeout))
+	if metricsSrv != nil {
+		sctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		metricsSrv.Shutdown(sctx)
+		cancel()
+	}
+	s.log.Info("stopped")
+	return nil
+}
+
+// stopGRPC waits up to timeout for in-flight calls, then cuts what is left
+// (long-lived streams such as event subscriptions never end by themselves).
+func (s *Server) stopGRPC(timeout time.Duration) {
+	done := make(chan struct{})
+	go func() {
+		s.grpc.GracefulStop()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(timeout):
+		s.log.Warn("in-flight calls did not finish in time; cutting them", "timeout", timeout)
+		s.grpc.Stop()
+		<-done
+	}
+}
+
+type infoService struct {
+	servicev1.UnimplementedInfoServer
+	s *Server
+}
+
+func (i *infoService) Get(context.Context, *servicev1.GetInfoRequest) (*servicev1.GetInfoResponse, error) {
+	return &servicev1.GetInfoResponse{
+		Name:           i.s.name,
+		Version:        version.Version,
+		Revision:       version.Revision,
+		Address:        i.s.cfg.Address,
+		MetricsAddress: i.s.cfg.MetricsAddress,
+		Pid:            int64(os.Getpid()),
+		StartedAt:      timestamppb.New(i.s.started),
+	}, nil
+}

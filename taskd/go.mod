@@ -1,0 +1,3 @@
+module github.com/flotilla/flotilla/taskd
+
+go 1.26.8
