@@ -1,0 +1,216 @@
+package stack
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+)
+
+// Up starts every daemon of the stack that is not already running, in
+// order, each in its own session so it outlives the caller, and returns once
+// each one answers its health check as SERVING. A daemon that does not come
+// up within timeout is named in the error, with the end of its log.
+func Up(ctx context.Context, l Layout, timeout time.Duration) error {
+	for _, dir := range []string{filepath.Dir(l.PidFile("x")), filepath.Dir(l.LogFile("x")), l.Root} {
+		if err := os.MkdirAll(dir, 0o711); err != nil {
+			return err
+		}
+	}
+	for _, s := range l.Services() {
+		if pid, ok := l.running(s.Name); ok {
+			if err := waitHealthy(ctx, s, timeout); err != nil {
+				return fmt.Errorf("%s (pid %d) is running but not healthy: %w", s.Name, pid, err)
+			}
+			continue
+		}
+		exited, err := l.start(s)
+		if err != nil {
+			return fmt.Errorf("start %s: %w", s.Name, err)
+		}
+		wctx, cancel := context.WithCancelCause(ctx)
+		go func() {
+			select {
+			case err := <-exited:
+				cancel(fmt.Errorf("%s exited: %v", s.Name, err))
+			case <-wctx.Done():
+			}
+		}()
+		err = waitHealthy(wctx, s, timeout)
+		cancel(nil)
+		if err != nil {
+			return fmt.Errorf("%s did not come up: %w\n--- last lines of %s ---\n%s", s.Name, err, l.LogFile(s.Name), tail(l.LogFile(s.Name), 15))
+		}
+	}
+	return nil
+}
+
+// start starts daemon s; the channel it returns receives its exit status
+// should it stop while we are still watching.
+func (l Layout) start(s Service) (<-chan error, error) {
+	bin := filepath.Join(l.Bin, s.Name)
+	if _, err := os.Stat(bin); err != nil {
+		return nil, fmt.Errorf("binary: %w (run make build)", err)
+	}
+	logf, err := os.OpenFile(l.LogFile(s.Name), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return nil, err
+	}
+	defer logf.Close()
+	cmd := exec.Command(bin, s.Args...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.Env = append(os.Environ(), "FLOTILLA_ROOT="+l.Root, "FLOTILLA_STATE="+l.State)
+	// A session of its own: the daemon survives the shell and make that started it.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	exited := make(chan error, 1)
+	// Reap it if it dies while we wait for it, so it leaves no zombie behind.
+	go func() { exited <- cmd.Wait() }()
+	return exited, os.WriteFile(l.PidFile(s.Name), []byte(strconv.Itoa(cmd.Process.Pid)+"\n"), 0o644)
+}
+
+// running reports the pid of daemon name if its pid file names a live
+// process that is that daemon (a pid left by a kill -9 may have been reused).
+func (l Layout) running(name string) (int, bool) {
+	b, err := os.ReadFile(l.PidFile(name))
+	if err != nil {
+		return 0, false
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil || pid <= 0 {
+		return 0, false
+	}
+	exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid))
+	if err != nil || filepath.Base(strings.TrimSuffix(exe, " (deleted)")) != name {
+		return 0, false
+	}
+	if st, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid)); err == nil && isZombie(string(st)) {
+		return 0, false
+	}
+	return pid, true
+}
+
+func isZombie(stat string) bool {
+	// The state follows the command, which is in parentheses and may hold spaces.
+	i := strings.LastIndexByte(stat, ')')
+	return i >= 0 && i+2 < len(stat) && stat[i+2] == 'Z'
+}
+
+// Down stops every running daemon of the stack with SIGTERM, in reverse
+// start order, waiting up to timeout for each to exit before it is killed.
+// Pid files of daemons already gone (a kill -9) are cleaned up.
+func Down(l Layout, timeout time.Duration) error {
+	var errs []error
+	for i := len(Order) - 1; i >= 0; i-- {
+		name := Order[i]
+		pid, ok := l.running(name)
+		if !ok {
+			os.Remove(l.PidFile(name))
+			continue
+		}
+		if err := stopProcess(pid, timeout); err != nil {
+			errs = append(errs, fmt.Errorf("stop %s (pid %d): %w", name, pid, err))
+			continue
+		}
+		os.Remove(l.PidFile(name))
+	}
+	return errors.Join(errs...)
+}
+
+func stopProcess(pid int, timeout time.Duration) error {
+	if err := syscall.Kill(pid, syscall.SIGTERM); err != nil {
+		if errors.Is(err, syscall.ESRCH) {
+			return nil
+		}
+		return err
+	}
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) {
+		if !alive(pid) {
+			return nil
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil && !errors.Is(err, syscall.ESRCH) {
+		return err
+	}
+	for i := 0; i < 100 && alive(pid); i++ {
+		time.Sleep(20 * time.Millisecond)
+	}
+	return fmt.Errorf("did not stop within %s; killed", timeout)
+}
+
+func alive(pid int) bool {
+	st, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if errors.Is(err, fs.ErrNotExist) {
+		return false
+	}
+	return err != nil || !isZombie(string(st))
+}
+
+// waitHealthy polls the daemon's gRPC health until it answers SERVING.
+func waitHealthy(ctx context.Context, s Service, timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	var last error
+	for {
+		st, err := Health(ctx, s.Socket)
+		if err == nil && st == healthpb.HealthCheckResponse_SERVING {
+			return nil
+		}
+		if err != nil {
+			last = err
+		} else {
+			last = fmt.Errorf("health is %s", st)
+		}
+		select {
+		case <-ctx.Done():
+			if cause := context.Cause(ctx); cause != nil && !errors.Is(cause, context.DeadlineExceeded) && !errors.Is(cause, context.Canceled) {
+				return cause
+			}
+			return fmt.Errorf("no healthy answer on %s within %s: %w", s.Socket, timeout, last)
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// Health asks the daemon on socket for its overall gRPC health.
+func Health(ctx context.Context, socket string) (healthpb.HealthCheckResponse_ServingStatus, error) {
+	conn, err := grpc.NewClient("unix://"+socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return 0, err
+	}
+	defer conn.Close()
+	cctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	resp, err := healthpb.NewHealthClient(conn).Check(cctx, &healthpb.HealthCheckRequest{})
+	if err != nil {
+		return 0, err
+	}
+	return resp.GetStatus(), nil
+}
+
+func tail(path string, n int) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return err.Error()
+	}
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}

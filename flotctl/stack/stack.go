@@ -1,0 +1,116 @@
+// Package stack starts and stops one node's Flotilla daemons as background
+// processes, and reports their health. It is what `make up`, `make down` and
+// `flotctl stack status` run.
+package stack
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+
+	"github.com/flotilla/flotilla/services/config"
+)
+
+// Service is one daemon of the stack.
+type Service struct {
+	// Name is the daemon's component name and binary name.
+	Name string
+	// Socket is the unix socket it serves gRPC on.
+	Socket string
+	// MetricsAddress is its Prometheus endpoint.
+	MetricsAddress string
+	// Args are the flags it is started with.
+	Args []string
+}
+
+// Layout is where one node's stack keeps its binaries, data and sockets.
+type Layout struct {
+	// Bin holds the daemons' executables.
+	Bin string
+	// Root is FLOTILLA_ROOT: every daemon's data lives in Root/<name>.
+	Root string
+	// State is FLOTILLA_STATE: sockets, pid files and logs.
+	State string
+	// MetricsHost is the host the metrics endpoints listen on.
+	MetricsHost string
+	// MetricsBasePort is the gateway's metrics port; the others follow it.
+	MetricsBasePort int
+	// RedisURL, when set, is given to the services that use Redis.
+	RedisURL string
+	// LogLevel is passed to every daemon.
+	LogLevel string
+}
+
+// DefaultLayout reads the layout from the environment: FLOTILLA_ROOT,
+// FLOTILLA_STATE, REDIS_URL, FLOTILLA_METRICS_PORT.
+func DefaultLayout(bin string) Layout {
+	port := 19100
+	if v, err := strconv.Atoi(os.Getenv("FLOTILLA_METRICS_PORT")); err == nil && v > 0 {
+		port = v
+	}
+	return Layout{
+		Bin:             bin,
+		Root:            config.DefaultRoot(),
+		State:           config.DefaultState(),
+		MetricsHost:     "127.0.0.1",
+		MetricsBasePort: port,
+		RedisURL:        os.Getenv("REDIS_URL"),
+		LogLevel:        "info",
+	}
+}
+
+// Order is the order daemons start in: eventd first, since every other
+// service publishes to it; the gateway last, since it fronts them all.
+var Order = []string{"eventd", "contentd", "snapshotd", "taskd", "gateway"}
+
+// GatewaySocket is the socket clients such as ctr talk to.
+func (l Layout) GatewaySocket() string { return filepath.Join(l.State, "flotilla.sock") }
+
+func (l Layout) socket(name string) string {
+	if name == "gateway" {
+		return l.GatewaySocket()
+	}
+	return filepath.Join(l.State, name+".sock")
+}
+
+// PidFile is where the pid of a started daemon is kept.
+func (l Layout) PidFile(name string) string { return filepath.Join(l.State, "run", name+".pid") }
+
+// LogFile is where a started daemon's output goes.
+func (l Layout) LogFile(name string) string { return filepath.Join(l.State, "logs", name+".log") }
+
+// Services returns the stack's daemons in start order.
+func (l Layout) Services() []Service {
+	var out []Service
+	for i, name := range Order {
+		metrics := ""
+		if l.MetricsBasePort > 0 {
+			// The gateway gets the base port so it is easy to remember.
+			off := (i + 1) % len(Order)
+			metrics = fmt.Sprintf("%s:%d", l.MetricsHost, l.MetricsBasePort+off)
+		}
+		s := Service{Name: name, Socket: l.socket(name), MetricsAddress: metrics}
+		s.Args = []string{
+			"--address", s.Socket,
+			"--root", filepath.Join(l.Root, name),
+			"--state", filepath.Join(l.State, name),
+			"--metrics-address", metrics,
+			"--log-level", l.LogLevel,
+		}
+		switch name {
+		case "eventd":
+			if l.RedisURL != "" {
+				s.Args = append(s.Args, "--redis", l.RedisURL)
+			}
+		case "gateway":
+			for _, b := range Order[:len(Order)-1] {
+				s.Args = append(s.Args, "--"+b, l.socket(b))
+			}
+		case "contentd":
+			s.Args = append(s.Args, "--eventd", l.socket("eventd"))
+		}
+		out = append(out, s)
+	}
+	return out
+}

@@ -1,0 +1,66 @@
+package stack
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"strings"
+	"text/tabwriter"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	gatewayv1 "github.com/flotilla/flotilla/proto/gateway/v1"
+)
+
+// Status asks the gateway on socket for the state of every service it fronts.
+func Status(ctx context.Context, socket string) (*gatewayv1.StackStatusResponse, error) {
+	conn, err := grpc.NewClient("unix://"+socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Close()
+	resp, err := gatewayv1.NewStackClient(conn).Status(ctx, &gatewayv1.StackStatusRequest{})
+	if err != nil {
+		return nil, fmt.Errorf("gateway at %s: %w", socket, err)
+	}
+	return resp, nil
+}
+
+// PrintStatus writes one line per service: name, address, health, version,
+// pid and metrics address.
+func PrintStatus(w io.Writer, resp *gatewayv1.StackStatusResponse) error {
+	tw := tabwriter.NewWriter(w, 2, 8, 2, ' ', 0)
+	fmt.Fprintln(tw, "SERVICE\tADDRESS\tHEALTH\tVERSION\tPID\tMETRICS\tSERVES")
+	for _, s := range resp.GetServices() {
+		info := s.GetInfo()
+		version, pid, metrics := "-", "-", "-"
+		if info != nil {
+			version = info.GetVersion()
+			if r := info.GetRevision(); r != "" && r != "unknown" {
+				version += " (" + shortRev(r) + ")"
+			}
+			pid = fmt.Sprint(info.GetPid())
+			if info.GetMetricsAddress() != "" {
+				metrics = "http://" + info.GetMetricsAddress() + "/metrics"
+			}
+		}
+		health := s.GetHealth()
+		if s.GetError() != "" {
+			health += ": " + s.GetError()
+		}
+		serves := strings.Join(s.GetServices(), ",")
+		if serves == "" {
+			serves = "-"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", s.GetName(), s.GetAddress(), health, version, pid, metrics, serves)
+	}
+	return tw.Flush()
+}
+
+func shortRev(r string) string {
+	if len(r) > 12 {
+		return r[:12]
+	}
+	return r
+}

@@ -1,0 +1,95 @@
+// Package daemon is the main function every Flotilla daemon shares: read the
+// flags and config, build the logger and the server, let the daemon register
+// its services, and serve until told to stop.
+package daemon
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+
+	"github.com/flotilla/flotilla/services/config"
+	"github.com/flotilla/flotilla/services/introspect"
+	"github.com/flotilla/flotilla/services/logging"
+	"github.com/flotilla/flotilla/services/server"
+
+	introspection "github.com/containerd/containerd/api/services/introspection/v1"
+)
+
+// Spec describes one daemon.
+type Spec struct {
+	// Name is the daemon's component name, also its default socket's name.
+	Name string
+	// DefaultAddress replaces the default $FLOTILLA_STATE/<name>.sock.
+	DefaultAddress string
+	// Summary is one line for --help saying what the daemon does.
+	Summary string
+	// Config points at the daemon's config struct, which embeds config.Common
+	// and carries toml tags; Common points at that embedded struct.
+	Config any
+	Common *config.Common
+	// Flags registers the daemon's own flags, bound to fields of Config.
+	Flags func(fs *flag.FlagSet)
+	// Plugins lists what the daemon provides, for containerd's Introspection.
+	Plugins introspect.PluginLister
+	// Setup builds the daemon's services and registers them on srv. It may
+	// register cleanups with srv.OnStop.
+	Setup func(ctx context.Context, srv *server.Server) error
+	// ServerOptions are passed to server.New.
+	ServerOptions []server.Option
+}
+
+// Main runs the daemon and exits the process when it stops.
+func Main(spec Spec) {
+	if err := Run(context.Background(), spec, os.Args[1:]); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			os.Exit(0)
+		}
+		fmt.Fprintf(os.Stderr, "%s: %v\n", spec.Name, err)
+		os.Exit(1)
+	}
+}
+
+// Run is Main without the exit, for tests.
+func Run(ctx context.Context, spec Spec, args []string) error {
+	fs := flag.NewFlagSet(spec.Name, flag.ContinueOnError)
+	spec.Common.Register(fs, spec.Name, spec.Summary)
+	if spec.DefaultAddress != "" {
+		f := fs.Lookup("address")
+		f.DefValue = spec.DefaultAddress
+		if err := f.Value.Set(spec.DefaultAddress); err != nil {
+			return err
+		}
+	}
+	if spec.Flags != nil {
+		spec.Flags(fs)
+	}
+	if err := config.Parse(fs, args, spec.Config, &spec.Common.ConfigFile); err != nil {
+		return err
+	}
+	log, err := logging.New(os.Stderr, spec.Name, spec.Common.LogLevel)
+	if err != nil {
+		return err
+	}
+	for _, dir := range []string{spec.Common.Root, spec.Common.State} {
+		if err := os.MkdirAll(dir, 0o711); err != nil {
+			return fmt.Errorf("create %s: %w", dir, err)
+		}
+	}
+	srv := server.New(spec.Name, *spec.Common, log, spec.ServerOptions...)
+	if spec.Plugins != nil {
+		intro, err := introspect.New(spec.Common.Root, spec.Plugins)
+		if err != nil {
+			return err
+		}
+		introspection.RegisterIntrospectionServer(srv.GRPC(), intro)
+	}
+	if spec.Setup != nil {
+		if err := spec.Setup(ctx, srv); err != nil {
+			return fmt.Errorf("setup: %w", err)
+		}
+	}
+	return srv.Run(ctx)
+}
