@@ -13,7 +13,7 @@ MODULES := proto services contentd snapshotd taskd eventd gateway flotctl integr
 DAEMONS := gateway contentd snapshotd taskd eventd
 COMMANDS := $(DAEMONS) flotctl
 
-VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo 0.1.0-dev)
+VERSION ?= $(shell git describe --tags --dirty 2>/dev/null || echo 0.1.0-dev)
 REVISION ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
 LDFLAGS := -X github.com/flotilla/flotilla/services/version.Version=$(VERSION) \
            -X github.com/flotilla/flotilla/services/version.Revision=$(REVISION)

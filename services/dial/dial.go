@@ -6,7 +6,9 @@ package dial
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io"
 	"time"
 
 	"github.com/containerd/errdefs/pkg/errgrpc"
@@ -77,5 +79,14 @@ func streamClient(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientCon
 // nativeErrStream converts errors received on a stream back to errdefs kinds.
 type nativeErrStream struct{ grpc.ClientStream }
 
-func (s *nativeErrStream) RecvMsg(m any) error { return errgrpc.ToNative(s.ClientStream.RecvMsg(m)) }
-func (s *nativeErrStream) SendMsg(m any) error { return errgrpc.ToNative(s.ClientStream.SendMsg(m)) }
+// RecvMsg keeps io.EOF as it is: it is how a stream says it has ended.
+func (s *nativeErrStream) RecvMsg(m any) error { return nativeUnlessEOF(s.ClientStream.RecvMsg(m)) }
+
+func nativeUnlessEOF(err error) error {
+	if err == nil || errors.Is(err, io.EOF) {
+		return err
+	}
+	return errgrpc.ToNative(err)
+}
+// SendMsg returns io.EOF when the server has ended the stream; RecvMsg then tells why.
+func (s *nativeErrStream) SendMsg(m any) error { return nativeUnlessEOF(s.ClientStream.SendMsg(m)) }

@@ -190,7 +190,13 @@ func (s *Server) stopGRPC(timeout time.Duration) {
 	case <-time.After(timeout):
 		s.log.Warn("in-flight calls did not finish in time; cutting them", "timeout", timeout)
 		s.grpc.Stop()
-		<-done
+		// Stop cancels every call's context; a handler that ignores its
+		// context must not keep the daemon from exiting.
+		select {
+		case <-done:
+		case <-time.After(time.Second):
+			s.log.Error("handlers still running after their calls were cut; exiting anyway")
+		}
 	}
 }
 

@@ -1,0 +1,127 @@
+// Command contentd serves containerd's content, images, leases and
+// namespaces services from one blob store and one metadata database.
+package main
+
+import (
+	"context"
+	"flag"
+	"path/filepath"
+	"time"
+
+	imagesapi "github.com/containerd/containerd/api/services/images/v1"
+	leasesapi "github.com/containerd/containerd/api/services/leases/v1"
+	namespacesapi "github.com/containerd/containerd/api/services/namespaces/v1"
+
+	contentservice "github.com/flotilla/flotilla/contentd/content/service"
+	contentstore "github.com/flotilla/flotilla/contentd/content/store"
+	"github.com/flotilla/flotilla/contentd/images"
+	"github.com/flotilla/flotilla/contentd/leases"
+	"github.com/flotilla/flotilla/contentd/metadata"
+	"github.com/flotilla/flotilla/contentd/namespaces"
+	"github.com/flotilla/flotilla/services/config"
+	"github.com/flotilla/flotilla/services/daemon"
+	"github.com/flotilla/flotilla/services/events"
+	"github.com/flotilla/flotilla/services/introspect"
+	"github.com/flotilla/flotilla/services/server"
+)
+
+type contentdConfig struct {
+	config.Common
+	// Eventd is the address of eventd (or of the gateway) to publish
+	// events to; empty drops them.
+	Eventd string `toml:"eventd"`
+}
+
+// leaseSweepInterval is how often expired leases are removed.
+const leaseSweepInterval = time.Minute
+
+func main() {
+	var cfg contentdConfig
+	daemon.Main(spec(&cfg))
+}
+
+// spec describes contentd to the daemon kit, reading its settings into cfg.
+func spec(cfg *contentdConfig) daemon.Spec {
+	return daemon.Spec{
+		Name:    "contentd",
+		Summary: "stores blobs and the image catalogue: containerd's content, images, leases and namespaces services",
+		Config:  cfg,
+		Common:  &cfg.Common,
+		Flags: func(fs *flag.FlagSet) {
+			fs.StringVar(&cfg.Eventd, "eventd", "",
+				"address of eventd or the gateway (unix socket or tcp://host:port) to publish events to; empty discards them")
+		},
+		Plugins: introspect.Services("content", "images", "leases", "namespaces"),
+		Setup:   func(ctx context.Context, srv *server.Server) error { return setup(ctx, srv, cfg) },
+	}
+}
+
+func setup(_ context.Context, srv *server.Server, cfg *contentdConfig) error {
+	db, err := metadata.Open(filepath.Join(cfg.Root, "meta.db"))
+	if err != nil {
+		return err
+	}
+	srv.OnStop(func() { db.Close() })
+
+	var publisher events.Publisher = events.Discard{}
+	if cfg.Eventd != "" {
+		remote, err := events.NewRemote(cfg.Eventd, events.WithLogger(srv.Logger()))
+		if err != nil {
+			return err
+		}
+		if err := remote.Register(srv.Registry()); err != nil {
+			return err
+		}
+		// Runs before the database closes (OnStop runs in reverse order).
+		srv.OnStop(func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			if err := remote.Close(ctx); err != nil {
+				srv.Logger().Warn("events not delivered", "error", err)
+			}
+		})
+		publisher = remote
+	}
+
+	grpcSrv := srv.GRPC()
+	log := srv.Logger()
+	namespacesapi.RegisterNamespacesServer(grpcSrv,
+		namespaces.NewService(namespaces.NewStore(db), publisher, log))
+	imagesapi.RegisterImagesServer(grpcSrv,
+		images.NewService(images.NewStore(db), publisher, log))
+	leaseStore := leases.NewStore(db)
+	leasesapi.RegisterLeasesServer(grpcSrv, leases.NewService(leaseStore))
+
+	contentStore, err := contentstore.New(filepath.Join(cfg.Root, "content"), db)
+	if err != nil {
+		return err
+	}
+	contentservice.New(contentStore, publisher).Register(grpcSrv)
+
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go sweepLeases(srv, leaseStore, stop, done)
+	srv.OnStop(func() { close(stop); <-done })
+	return nil
+}
+
+// sweepLeases removes expired leases every leaseSweepInterval until stop closes.
+func sweepLeases(srv *server.Server, store *leases.BoltStore, stop <-chan struct{}, done chan<- struct{}) {
+	defer close(done)
+	t := time.NewTicker(leaseSweepInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-stop:
+			return
+		case now := <-t.C:
+			deleted, err := store.DeleteExpired(now)
+			if err != nil {
+				srv.Logger().Warn("remove expired leases", "error", err)
+			}
+			for ns, ids := range deleted {
+				srv.Logger().Info("removed expired leases", "namespace", ns, "leases", ids)
+			}
+		}
+	}
+}

@@ -1,0 +1,548 @@
+package store
+
+import (
+	"context"
+	"encoding"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/containerd/errdefs"
+	"github.com/opencontainers/go-digest"
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/flotilla/flotilla/contentd/content"
+	"github.com/flotilla/flotilla/contentd/metadata"
+	"github.com/flotilla/flotilla/services/filters"
+	"github.com/flotilla/flotilla/services/namespace"
+)
+
+// An ingest directory holds:
+//
+//	state.json  what the ingest is (ingestState), written when it starts
+//	data        the bytes written so far; its size is the offset, its
+//	            modification time the last update
+//	hashstate   the running hash as of the last clean Close: 8 bytes of
+//	            offset, then the hash's binary state; resuming from it saves
+//	            re-reading data (absent or stale → data is hashed again)
+const (
+	stateFile = "state.json"
+	dataFile  = "data"
+	hashFile  = "hashstate"
+)
+
+type ingestState struct {
+	Namespace string           `json:"namespace"`
+	Ref       string           `json:"ref"`
+	Total     int64            `json:"total,omitempty"`
+	Expected  digest.Digest    `json:"expected,omitempty"`
+	Algorithm digest.Algorithm `json:"algorithm"`
+	StartedAt time.Time        `json:"startedAt"`
+}
+
+// copyBuffer is the buffer size for re-hashing an ingest's data.
+const copyBuffer = 1 << 20
+
+// ingestDir is where ingest ref of namespace ns lives. Namespaces cannot
+// hold '/', so the hashed name is unique to the pair.
+func (s *Store) ingestDir(ns, ref string) string {
+	return filepath.Join(s.root, "ingest", digest.FromString(ns+"/"+ref).Encoded())
+}
+
+func readState(dir string) (ingestState, error) {
+	var st ingestState
+	b, err := os.ReadFile(filepath.Join(dir, stateFile))
+	if err != nil {
+		return st, err
+	}
+	if err := json.Unmarshal(b, &st); err != nil {
+		return st, fmt.Errorf("ingest state %s: %w", dir, err)
+	}
+	return st, nil
+}
+
+// writeState replaces the state file atomically.
+func writeState(dir string, st ingestState) error {
+	b, err := json.Marshal(st)
+	if err != nil {
+		return err
+	}
+	tmp := filepath.Join(dir, stateFile+".tmp")
+	if err := os.WriteFile(tmp, b, 0o644); err != nil {
+		return err
+	}
+	return os.Rename(tmp, filepath.Join(dir, stateFile))
+}
+
+// status reads ingest ref of namespace ns from disk.
+func (s *Store) status(ns, ref string) (content.Status, error) {
+	dir := s.ingestDir(ns, ref)
+	st, err := readState(dir)
+	if errors.Is(err, fs.ErrNotExist) || (err == nil && (st.Namespace != ns || st.Ref != ref)) {
+		return content.Status{}, fmt.Errorf("ingest %q: %w", ref, errdefs.ErrNotFound)
+	}
+	if err != nil {
+		return content.Status{}, err
+	}
+	return statusOf(dir, st)
+}
+
+func statusOf(dir string, st ingestState) (content.Status, error) {
+	out := content.Status{
+		Ref:       st.Ref,
+		Total:     st.Total,
+		Expected:  st.Expected,
+		StartedAt: st.StartedAt,
+		UpdatedAt: st.StartedAt,
+	}
+	fi, err := os.Stat(filepath.Join(dir, dataFile))
+	switch {
+	case err == nil:
+		out.Offset = fi.Size()
+		out.UpdatedAt = fi.ModTime().UTC()
+	case !errors.Is(err, fs.ErrNotExist):
+		return content.Status{}, err
+	}
+	return out, nil
+}
+
+// Status implements content.IngestManager.
+func (s *Store) Status(ctx context.Context, ref string) (content.Status, error) {
+	ns, err := namespace.Required(ctx)
+	if err != nil {
+		return content.Status{}, err
+	}
+	return s.status(ns, ref)
+}
+
+// ListStatuses implements content.IngestManager.
+func (s *Store) ListStatuses(ctx context.Context, fs ...string) ([]content.Status, error) {
+	ns, err := namespace.Required(ctx)
+	if err != nil {
+		return nil, err
+	}
+	filter, err := filters.ParseAll(fs...)
+	if err != nil {
+		return nil, err
+	}
+	entries, err := os.ReadDir(filepath.Join(s.root, "ingest"))
+	if err != nil {
+		return nil, fmt.Errorf("list ingests: %w", err)
+	}
+	var out []content.Status
+	for _, e := range entries {
+		dir := filepath.Join(s.root, "ingest", e.Name())
+		st, err := readState(dir)
+		if err != nil || st.Namespace != ns {
+			// Another namespace's, or one whose start a crash cut short
+			// (it has no data yet): not an ingest to report.
+			continue
+		}
+		ref := st.Ref
+		if !filter.Match(filters.AdapterFunc(func(path []string) (string, bool) {
+			if len(path) == 1 && path[0] == "ref" {
+				return ref, true
+			}
+			return "", false
+		})) {
+			continue
+		}
+		status, err := statusOf(dir, st)
+		if err != nil {
+			continue // aborted meanwhile
+		}
+		out = append(out, status)
+	}
+	sortStatuses(out)
+	return out, nil
+}
+
+// Abort implements content.IngestManager. As in containerd, an ingest that
+// a writer holds is removed all the same; that writer's Commit then fails.
+func (s *Store) Abort(ctx context.Context, ref string) error {
+	ns, err := namespace.Required(ctx)
+	if err != nil {
+		return err
+	}
+	if _, err := s.status(ns, ref); err != nil {
+		return err
+	}
+	if err := os.RemoveAll(s.ingestDir(ns, ref)); err != nil {
+		return fmt.Errorf("abort ingest %q: %w", ref, err)
+	}
+	if lease, ok := namespace.LeaseFromContext(ctx); ok {
+		return s.db.Update(func(tx *bolt.Tx) error {
+			err := metadata.RemoveLeaseResource(tx, ns, lease, metadata.ResourceIngest, ref)
+			if errdefs.IsNotFound(err) {
+				return nil
+			}
+			return err
+		})
+	}
+	return nil
+}
+
+// lock gives the caller ref's ingest, or Unavailable while a writer holds it.
+func (s *Store) lock(key, ref string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if since, ok := s.locked[key]; ok {
+		return fmt.Errorf("ref %s locked since %s: %w", ref, since.Format(time.RFC3339), errdefs.ErrUnavailable)
+	}
+	s.locked[key] = time.Now()
+	return nil
+}
+
+func (s *Store) unlock(key string) {
+	s.mu.Lock()
+	delete(s.locked, key)
+	s.mu.Unlock()
+}
+
+// Writer implements content.Ingester.
+func (s *Store) Writer(ctx context.Context, ref string, total int64, expected digest.Digest) (content.Writer, error) {
+	ns, err := namespace.Required(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if ref == "" {
+		return nil, fmt.Errorf("ref must not be empty: %w", errdefs.ErrInvalidArgument)
+	}
+	total = max(total, 0)
+	lease, _ := namespace.LeaseFromContext(ctx)
+	if expected != "" {
+		if expected, err = parseDigest(expected); err != nil {
+			return nil, err
+		}
+		if err := s.shareExisting(ns, lease, total, expected); err != nil {
+			return nil, err
+		}
+	}
+	dir := s.ingestDir(ns, ref)
+	if err := s.lock(dir, ref); err != nil {
+		return nil, err
+	}
+	w, err := s.open(ns, ref, dir, total, expected)
+	if err != nil {
+		s.unlock(dir)
+		return nil, err
+	}
+	w.lease = lease
+	if lease != "" {
+		err := s.db.Update(func(tx *bolt.Tx) error {
+			return metadata.AddLeaseResource(tx, ns, lease, metadata.ResourceIngest, ref)
+		})
+		if err != nil {
+			w.Close()
+			return nil, fmt.Errorf("lease ingest %q: %w", ref, err)
+		}
+	}
+	return w, nil
+}
+
+// shareExisting fails with AlreadyExists when namespace ns has blob dgst,
+// or when it can have it at once because the blob is on disk for another
+// namespace (then it records it). Either way a lease holds the blob.
+func (s *Store) shareExisting(ns, lease string, total int64, dgst digest.Digest) error {
+	var inNamespace bool
+	if err := s.db.View(func(tx *bolt.Tx) error {
+		_, err := readRecord(tx, ns, dgst)
+		inNamespace = err == nil
+		return nil
+	}); err != nil {
+		return err
+	}
+	exists := fmt.Errorf("content %s: %w", dgst, errdefs.ErrAlreadyExists)
+	if inNamespace && lease == "" {
+		return exists
+	}
+
+	s.disk.Lock()
+	defer s.disk.Unlock()
+	fi, err := os.Stat(s.blobPath(dgst))
+	if err != nil || (total > 0 && total != fi.Size()) {
+		if inNamespace {
+			fi = nil // recorded: record() will not need the size
+		} else {
+			return nil // nothing to share: write it
+		}
+	}
+	now := time.Now().UTC()
+	info := content.Info{Digest: dgst, CreatedAt: now, UpdatedAt: now}
+	if fi != nil {
+		info.Size = fi.Size()
+	}
+	if err := s.db.Update(func(tx *bolt.Tx) error {
+		_, err := record(tx, ns, lease, info)
+		return err
+	}); err != nil {
+		return err
+	}
+	return exists
+}
+
+// open creates ingest ref or resumes it, returning its writer positioned at
+// the end of what was written.
+func (s *Store) open(ns, ref, dir string, total int64, expected digest.Digest) (*writer, error) {
+	st, err := readState(dir)
+	switch {
+	case err == nil:
+		if st.Namespace != ns || st.Ref != ref {
+			return nil, fmt.Errorf("ingest %s holds %s/%s, not %s/%s", dir, st.Namespace, st.Ref, ns, ref)
+		}
+		if total > 0 && st.Total > 0 && total != st.Total {
+			return nil, fmt.Errorf("ingest %q: total %d differs from the %d it started with: %w",
+				ref, total, st.Total, errdefs.ErrFailedPrecondition)
+		}
+		if (total > 0 && st.Total == 0) || (expected != "" && expected != st.Expected) {
+			st.Total = max(st.Total, total)
+			if expected != "" {
+				st.Expected = expected
+			}
+			if err := writeState(dir, st); err != nil {
+				return nil, err
+			}
+		}
+	case errors.Is(err, fs.ErrNotExist):
+		st = ingestState{Namespace: ns, Ref: ref, Total: total, Expected: expected,
+			Algorithm: digest.Canonical, StartedAt: time.Now().UTC()}
+		if expected != "" {
+			st.Algorithm = expected.Algorithm()
+		}
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return nil, err
+		}
+		if err := writeState(dir, st); err != nil {
+			return nil, err
+		}
+	default:
+		return nil, err
+	}
+	if !st.Algorithm.Available() {
+		return nil, fmt.Errorf("ingest %q: digest algorithm %q unavailable", ref, st.Algorithm)
+	}
+
+	f, err := os.OpenFile(filepath.Join(dir, dataFile), os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("open ingest %q: %w", ref, err)
+	}
+	w := &writer{s: s, dir: dir, f: f, alg: st.Algorithm}
+	if err := w.resume(); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("resume ingest %q: %w", ref, err)
+	}
+	w.status, err = statusOf(dir, st)
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	w.ns, w.ref = ns, ref
+	return w, nil
+}
+
+// writer implements content.Writer over an ingest directory it has locked.
+type writer struct {
+	s        *Store
+	ns, ref  string
+	lease    string
+	dir      string
+	f        *os.File
+	alg      digest.Algorithm
+	h        hash.Hash
+	status   content.Status
+	released bool
+}
+
+// resume sets the running hash to cover the data written so far, from the
+// saved hash state when it matches the data's size, else by reading the
+// data once, and leaves the file positioned at its end.
+func (w *writer) resume() error {
+	size, err := w.f.Seek(0, io.SeekEnd)
+	if err != nil {
+		return err
+	}
+	w.h = w.alg.Hash()
+	saved, err := os.ReadFile(filepath.Join(w.dir, hashFile))
+	// Whatever happens next changes the data, so the saved state is stale.
+	os.Remove(filepath.Join(w.dir, hashFile))
+	if err == nil && len(saved) > 8 && int64(binary.BigEndian.Uint64(saved)) == size {
+		if u, ok := w.h.(encoding.BinaryUnmarshaler); ok && u.UnmarshalBinary(saved[8:]) == nil {
+			return nil
+		}
+		w.h.Reset()
+	}
+	if size == 0 {
+		return nil
+	}
+	if _, err := io.CopyBuffer(w.h, io.NewSectionReader(w.f, 0, size), make([]byte, copyBuffer)); err != nil {
+		return err
+	}
+	return nil
+}
+
+// Write implements content.Writer.
+func (w *writer) Write(p []byte) (int, error) {
+	if w.released {
+		return 0, fmt.Errorf("write to closed writer of %q: %w", w.ref, errdefs.ErrFailedPrecondition)
+	}
+	n, err := w.f.Write(p)
+	w.h.Write(p[:n])
+	w.status.Offset += int64(n)
+	w.status.UpdatedAt = time.Now().UTC()
+	if err != nil {
+		return n, fmt.Errorf("write ingest %q: %w", w.ref, err)
+	}
+	return n, nil
+}
+
+// Status implements content.Writer.
+func (w *writer) Status() content.Status { return w.status }
+
+// Digest implements content.Writer.
+func (w *writer) Digest() digest.Digest { return digest.NewDigest(w.alg, w.h) }
+
+// Truncate implements content.Writer.
+func (w *writer) Truncate(size int64) error {
+	if size != 0 {
+		return fmt.Errorf("truncate ingest %q to %d: only 0 is supported: %w", w.ref, size, errdefs.ErrInvalidArgument)
+	}
+	if w.released {
+		return fmt.Errorf("truncate closed writer of %q: %w", w.ref, errdefs.ErrFailedPrecondition)
+	}
+	if err := w.f.Truncate(0); err != nil {
+		return err
+	}
+	if _, err := w.f.Seek(0, io.SeekStart); err != nil {
+		return err
+	}
+	w.h.Reset()
+	w.status.Offset = 0
+	w.status.UpdatedAt = time.Now().UTC()
+	return nil
+}
+
+// Close implements content.Writer: it saves the running hash so a later
+// writer resumes without re-reading the data.
+func (w *writer) Close() error {
+	if w.released {
+		return nil
+	}
+	if m, ok := w.h.(encoding.BinaryMarshaler); ok {
+		if state, err := m.MarshalBinary(); err == nil {
+			saved := binary.BigEndian.AppendUint64(nil, uint64(w.status.Offset))
+			// Best effort: a missing or stale state only costs a re-read.
+			os.WriteFile(filepath.Join(w.dir, hashFile), append(saved, state...), 0o644)
+		}
+	}
+	return w.release()
+}
+
+// release closes the data file and gives the ref back.
+func (w *writer) release() error {
+	if w.released {
+		return nil
+	}
+	w.released = true
+	err := w.f.Close()
+	w.s.unlock(w.dir)
+	return err
+}
+
+// Commit implements content.Writer.
+func (w *writer) Commit(ctx context.Context, size int64, expected digest.Digest, labels map[string]string) error {
+	if w.released {
+		return fmt.Errorf("commit %q on a closed writer: %w", w.ref, errdefs.ErrFailedPrecondition)
+	}
+	if err := w.verify(size, expected, labels); err != nil {
+		w.Close() // keep the ingest, and its hash, for another try
+		return err
+	}
+	dgst := w.Digest()
+	if err := w.f.Sync(); err != nil {
+		w.release()
+		return fmt.Errorf("commit %q: sync: %w", w.ref, err)
+	}
+	if err := w.release(); err != nil {
+		return fmt.Errorf("commit %q: %w", w.ref, err)
+	}
+
+	s := w.s
+	s.disk.Lock()
+	defer s.disk.Unlock()
+	if err := s.place(w.dir, dgst); err != nil {
+		return fmt.Errorf("commit %q: %w", w.ref, err)
+	}
+	now := time.Now().UTC()
+	info := content.Info{Digest: dgst, Size: w.status.Offset, CreatedAt: now, UpdatedAt: now, Labels: labels}
+	var existed bool
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		var err error
+		if existed, err = record(tx, w.ns, w.lease, info); err != nil {
+			return err
+		}
+		if w.lease != "" {
+			return metadata.RemoveLeaseResource(tx, w.ns, w.lease, metadata.ResourceIngest, w.ref)
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("commit %q: record %s: %w", w.ref, dgst, err)
+	}
+	os.RemoveAll(w.dir)
+	if existed {
+		return fmt.Errorf("content %s: %w", dgst, errdefs.ErrAlreadyExists)
+	}
+	return nil
+}
+
+func (w *writer) verify(size int64, expected digest.Digest, labels map[string]string) error {
+	if err := metadata.ValidateLabels(labels); err != nil {
+		return err
+	}
+	if size > 0 && size != w.status.Offset {
+		return fmt.Errorf("commit %q: unexpected commit size %d, expected %d: %w",
+			w.ref, w.status.Offset, size, errdefs.ErrFailedPrecondition)
+	}
+	if dgst := w.Digest(); expected != "" && expected != dgst {
+		return fmt.Errorf("commit %q: unexpected commit digest %s, expected %s: %w",
+			w.ref, dgst, expected, errdefs.ErrFailedPrecondition)
+	}
+	return nil
+}
+
+// place moves the verified data of ingest dir into the blob store as dgst;
+// when the blob is already there (the same bytes, committed by someone
+// else) the data is simply dropped. The caller holds s.disk.
+func (s *Store) place(dir string, dgst digest.Digest) error {
+	target := s.blobPath(dgst)
+	if _, err := os.Stat(target); err == nil {
+		return nil
+	}
+	parent := filepath.Dir(target)
+	if err := os.MkdirAll(parent, 0o711); err != nil {
+		return err
+	}
+	if err := os.Rename(filepath.Join(dir, dataFile), target); err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("ingest was aborted: %w", errdefs.ErrNotFound)
+		}
+		return err
+	}
+	if err := os.Chmod(target, 0o444); err != nil {
+		return err
+	}
+	// Make the rename durable before any namespace records the blob.
+	d, err := os.Open(parent)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}

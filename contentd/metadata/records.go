@@ -1,0 +1,127 @@
+package metadata
+
+import (
+	"fmt"
+	"sort"
+	"time"
+
+	"github.com/containerd/errdefs"
+	bolt "go.etcd.io/bbolt"
+)
+
+// MaxLabelSize bounds a label's key and value together, as in containerd.
+const MaxLabelSize = 4096
+
+// ValidateLabels returns an InvalidArgument error naming the first label
+// whose key and value together exceed MaxLabelSize, or whose key is empty.
+func ValidateLabels(labels map[string]string) error {
+	for k, v := range labels {
+		if k == "" {
+			return fmt.Errorf("label key must not be empty: %w", errdefs.ErrInvalidArgument)
+		}
+		if n := len(k) + len(v); n > MaxLabelSize {
+			return fmt.Errorf("label %q: key and value are %d bytes, more than the %d allowed: %w",
+				k, n, MaxLabelSize, errdefs.ErrInvalidArgument)
+		}
+	}
+	return nil
+}
+
+// ReadLabels returns the key → value pairs of b; a nil bucket has none.
+func ReadLabels(b *bolt.Bucket) map[string]string {
+	if b == nil {
+		return nil
+	}
+	labels := map[string]string{}
+	b.ForEach(func(k, v []byte) error {
+		if v != nil { // nested buckets are not labels
+			labels[string(k)] = string(v)
+		}
+		return nil
+	})
+	return labels
+}
+
+// WriteLabels replaces the bucket name under parent with labels. As in
+// containerd, a label with an empty value is not stored: writing "" deletes.
+func WriteLabels(parent *bolt.Bucket, name []byte, labels map[string]string) error {
+	if parent.Bucket(name) != nil {
+		if err := parent.DeleteBucket(name); err != nil {
+			return err
+		}
+	}
+	b, err := parent.CreateBucket(name)
+	if err != nil {
+		return err
+	}
+	for k, v := range labels {
+		if v == "" {
+			continue
+		}
+		if err := b.Put([]byte(k), []byte(v)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// PutTime stores t under key in b.
+func PutTime(b *bolt.Bucket, key []byte, t time.Time) error {
+	v, err := t.MarshalBinary()
+	if err != nil {
+		return err
+	}
+	return b.Put(key, v)
+}
+
+// GetTime reads the time stored under key in b; a missing one is the zero time.
+func GetTime(b *bolt.Bucket, key []byte) (time.Time, error) {
+	var t time.Time
+	v := b.Get(key)
+	if v == nil {
+		return t, nil
+	}
+	if err := t.UnmarshalBinary(v); err != nil {
+		return t, fmt.Errorf("decode %s: %w", key, err)
+	}
+	return t, nil
+}
+
+// storeNames says how a namespace's buckets are called when telling a user
+// why the namespace is not empty; containerd calls content "blobs".
+var storeNames = map[string]string{
+	string(BucketImages):  "images",
+	string(BucketContent): "blobs",
+	string(BucketLeases):  "leases",
+}
+
+// Holdings names, sorted, the stores that still hold records in namespace
+// ns: every non-empty bucket but its labels. An empty result means the
+// namespace may be deleted.
+func Holdings(tx *bolt.Tx, ns string) []string {
+	nb := Namespace(tx, ns)
+	if nb == nil {
+		return nil
+	}
+	var held []string
+	nb.ForEach(func(k, v []byte) error {
+		if v != nil || string(k) == string(BucketLabels) {
+			return nil
+		}
+		b := nb.Bucket(k)
+		if b == nil {
+			return nil
+		}
+		if k2, _ := b.Cursor().First(); k2 == nil {
+			return nil
+		}
+		name, ok := storeNames[string(k)]
+		if !ok {
+			name = string(k)
+		}
+		held = append(held, name)
+		return nil
+	})
+	sort.Strings(held)
+	return held
+}
