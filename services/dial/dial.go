@@ -88,5 +88,6 @@ func nativeUnlessEOF(err error) error {
 	}
 	return errgrpc.ToNative(err)
 }
+
 // SendMsg returns io.EOF when the server has ended the stream; RecvMsg then tells why.
 func (s *nativeErrStream) SendMsg(m any) error { return nativeUnlessEOF(s.ClientStream.SendMsg(m)) }
