@@ -4,6 +4,7 @@ go 1.26.8
 
 require (
 	github.com/containerd/errdefs v1.0.0
+	github.com/flotilla/flotilla/flotctl v0.0.0
 	github.com/flotilla/flotilla/proto v0.0.0
 	github.com/flotilla/flotilla/services v0.0.0
 	github.com/klauspost/compress v1.20.4
@@ -12,9 +13,19 @@ require (
 	oras.land/oras-go/v2 v2.6.0
 )
 
-require golang.org/x/sync v0.14.0 // indirect
+require (
+	github.com/containerd/containerd/api v1.12.0 // indirect
+	golang.org/x/net v0.60.0 // indirect
+	golang.org/x/sync v0.23.0 // indirect
+	golang.org/x/sys v0.48.0 // indirect
+	golang.org/x/text v0.42.0 // indirect
+	google.golang.org/genproto/googleapis/rpc v0.0.0-20260817212433-ac3dfec99bb1 // indirect
+	google.golang.org/grpc v1.85.0 // indirect
+	google.golang.org/protobuf v1.36.12 // indirect
+)
 
 replace (
+	github.com/flotilla/flotilla/flotctl => ../flotctl
 	github.com/flotilla/flotilla/proto => ../proto
 	github.com/flotilla/flotilla/services => ../services
 )

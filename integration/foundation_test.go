@@ -1,0 +1,314 @@
+package integration
+
+import (
+	"context"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	namespacesapi "github.com/containerd/containerd/api/services/namespaces/v1"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/flotilla/flotilla/flotctl/stack"
+)
+
+func TestCtrVersionShowsFlotilla(t *testing.T) {
+	s := startStack(t)
+	out := s.MustCtr("default", "version")
+	server := out[strings.Index(out, "Server:"):]
+	want, err := exec.Command(filepath.Join(binDir, "flotctl"), "version").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// flotctl prints "flotctl VERSION (REVISION)", built with the same flags as the gateway.
+	m := regexp.MustCompile(`flotctl (\S+) \((\S+)\)`).FindStringSubmatch(string(want))
+	if m == nil {
+		t.Fatalf("flotctl version = %q", want)
+	}
+	for _, line := range []string{"Version:  " + m[1], "Revision: " + m[2], "UUID: "} {
+		if !strings.Contains(server, line) {
+			t.Errorf("ctr version's server part lacks %q:\n%s", line, server)
+		}
+	}
+}
+
+func TestCtrNamespacesThroughGateway(t *testing.T) {
+	s := startStack(t)
+	t.Run("create, label, ls and rm", func(t *testing.T) {
+		s.MustCtr("default", "namespaces", "create", "team-a", "owner=ops")
+		s.MustCtr("default", "namespaces", "label", "team-a", "tier=gold")
+		out := s.MustCtr("default", "namespaces", "ls")
+		if !regexp.MustCompile(`(?m)^team-a\s+owner=ops,tier=gold\s*$`).MatchString(out) {
+			t.Fatalf("ls does not show team-a with both labels:\n%s", out)
+		}
+		s.MustCtr("default", "namespaces", "label", "team-a", "tier=")
+		out = s.MustCtr("default", "namespaces", "ls")
+		if !regexp.MustCompile(`(?m)^team-a\s+owner=ops\s*$`).MatchString(out) {
+			t.Fatalf("an empty label value should remove the label:\n%s", out)
+		}
+		s.MustCtr("default", "namespaces", "rm", "team-a")
+		if out := s.MustCtr("default", "namespaces", "ls", "-q"); strings.Contains(out, "team-a") {
+			t.Fatalf("team-a still listed after rm:\n%s", out)
+		}
+	})
+	t.Run("creating an existing namespace is refused", func(t *testing.T) {
+		s.MustCtr("default", "namespaces", "create", "twice")
+		out, err := s.Ctr("default", "namespaces", "create", "twice")
+		if err == nil || !strings.Contains(out, "already exists") {
+			t.Fatalf("second create: err=%v out=%s", err, out)
+		}
+	})
+	t.Run("removing a missing namespace is NotFound", func(t *testing.T) {
+		// ctr rm forgives NotFound, so ask the API directly.
+		_, err := namespacesapi.NewNamespacesClient(s.Conn()).Delete(context.Background(), &namespacesapi.DeleteNamespaceRequest{Name: "never-made"})
+		if status.Code(err) != codes.NotFound {
+			t.Fatalf("Delete of a missing namespace = %v, want NotFound", err)
+		}
+	})
+	t.Run("invalid names are InvalidArgument", func(t *testing.T) {
+		for _, name := range []string{"-bad", strings.Repeat("a", 77)} {
+			out, err := s.Ctr("default", "namespaces", "create", "--", name)
+			if err == nil || !strings.Contains(out, "invalid argument") {
+				t.Fatalf("create %q: err=%v out=%s", name, err, out)
+			}
+		}
+		out := s.MustCtr("default", "namespaces", "ls", "-q")
+		if strings.Contains(out, "bad") || strings.Contains(out, "aaaa") {
+			t.Fatalf("an invalid namespace was created:\n%s", out)
+		}
+	})
+	t.Run("an invalid namespace in the call's metadata is InvalidArgument", func(t *testing.T) {
+		out, err := s.Ctr("-bad", "images", "ls")
+		if err == nil || !strings.Contains(out, "invalid argument") {
+			t.Fatalf("call in namespace -bad: err=%v out=%s", err, out)
+		}
+	})
+}
+
+// scrape returns the value of the first sample of metric whose labels
+// contain every one of labels, or -1 when there is none.
+func scrape(t *testing.T, addr, metric string, labels ...string) float64 {
+	t.Helper()
+	resp, err := http.Get("http://" + addr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if ct := resp.Header.Get("Content-Type"); !strings.HasPrefix(ct, "text/plain") {
+		t.Fatalf("metrics content type %q", ct)
+	}
+	body, _ := io.ReadAll(resp.Body)
+next:
+	for _, line := range strings.Split(string(body), "\n") {
+		if !strings.HasPrefix(line, metric+"{") {
+			continue
+		}
+		for _, l := range labels {
+			if !strings.Contains(line, l) {
+				continue next
+			}
+		}
+		v, err := strconv.ParseFloat(line[strings.LastIndexByte(line, ' ')+1:], 64)
+		if err != nil {
+			t.Fatalf("metric line %q: %v", line, err)
+		}
+		return v
+	}
+	return -1
+}
+
+func TestMetricsCountCalls(t *testing.T) {
+	s := startStack(t)
+	list := []string{`grpc_method="List"`, `grpc_service="containerd.services.namespaces.v1.Namespaces"`, `grpc_code="OK"`}
+	gateway, contentd := s.Service("gateway").MetricsAddress, s.Service("contentd").MetricsAddress
+	gw0, cd0 := scrape(t, gateway, "grpc_server_handled_total", list...), scrape(t, contentd, "grpc_server_handled_total", list...)
+	for i := 0; i < 3; i++ {
+		s.MustCtr("default", "namespaces", "ls")
+	}
+	if gw1 := scrape(t, gateway, "grpc_server_handled_total", list...); gw1-max(gw0, 0) != 3 {
+		t.Errorf("gateway's Namespaces/List counter went from %v to %v, want +3", gw0, gw1)
+	}
+	if cd1 := scrape(t, contentd, "grpc_server_handled_total", list...); cd1-max(cd0, 0) != 3 {
+		t.Errorf("contentd's Namespaces/List counter went from %v to %v, want +3", cd0, cd1)
+	}
+	if v := scrape(t, gateway, "grpc_server_handling_seconds_count", `grpc_method="List"`); v < 3 {
+		t.Errorf("gateway latency histogram count = %v, want >= 3", v)
+	}
+	for _, name := range stack.Order {
+		addr := s.Service(name).MetricsAddress
+		if v := scrape(t, addr, "grpc_server_handled_total", `grpc_service="grpc.health.v1.Health"`, `grpc_code="OK"`); v < 1 {
+			t.Errorf("%s: health checks not counted (%v)", name, v)
+		}
+		resp, err := http.Get("http://" + addr + "/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		for _, m := range []string{"go_goroutines ", "process_resident_memory_bytes "} {
+			if !strings.Contains(string(body), m) {
+				t.Errorf("%s metrics lack %s", name, m)
+			}
+		}
+	}
+}
+
+func TestGatewayNamesAnUnavailableBackendAndRecovers(t *testing.T) {
+	s := startStack(t)
+	s.MustCtr("default", "namespaces", "create", "before")
+	gatewayPid := s.Pid("gateway")
+
+	s.Kill9("contentd")
+	start := time.Now()
+	out, err := s.Ctr("default", "namespaces", "ls")
+	took := time.Since(start)
+	if err == nil {
+		t.Fatalf("namespaces ls succeeded with contentd dead:\n%s", out)
+	}
+	if !strings.Contains(out, "contentd") || !strings.Contains(out, "unavailable") {
+		t.Fatalf("error does not name contentd as unavailable:\n%s", out)
+	}
+	// ctr itself takes some tens of milliseconds to start; 2 s is the bound.
+	if took > 2*time.Second {
+		t.Fatalf("failing took %s, want within 2s", took)
+	}
+	t.Logf("namespaces ls with contentd down failed in %s: %s", took, strings.TrimSpace(out))
+
+	s.Up() // starts only what is not running: contentd
+	out = s.MustCtr("default", "namespaces", "ls", "-q")
+	if !strings.Contains(out, "before") {
+		t.Fatalf("namespace created before the restart is gone:\n%s", out)
+	}
+	if pid := s.Pid("gateway"); pid != gatewayPid {
+		t.Fatalf("gateway was restarted (pid %d -> %d)", gatewayPid, pid)
+	}
+}
+
+func TestStackStatusShowsEveryService(t *testing.T) {
+	s := startStack(t)
+	out, err := exec.Command(filepath.Join(binDir, "flotctl"), "--address", s.Socket, "stack", "status").CombinedOutput()
+	if err != nil {
+		t.Fatalf("flotctl stack status: %v\n%s", err, out)
+	}
+	for _, svc := range s.Layout.Services() {
+		re := regexp.MustCompile(`(?m)^` + svc.Name + `\s+` + regexp.QuoteMeta(svc.Socket) + `\s+SERVING\s+\S+.*\s` +
+			strconv.Itoa(s.Pid(svc.Name)) + `\s+` + regexp.QuoteMeta("http://"+svc.MetricsAddress+"/metrics"))
+		if !re.MatchString(string(out)) {
+			t.Errorf("status lacks a healthy line for %s:\n%s", svc.Name, out)
+		}
+	}
+	s.Kill9("snapshotd")
+	out, _ = exec.Command(filepath.Join(binDir, "flotctl"), "--address", s.Socket, "stack", "status").CombinedOutput()
+	if !regexp.MustCompile(`(?m)^snapshotd\s+\S+\s+UNREACHABLE`).MatchString(string(out)) {
+		t.Errorf("status does not show snapshotd unreachable:\n%s", out)
+	}
+}
+
+func TestEveryDaemonExplainsItself(t *testing.T) {
+	for _, name := range stack.Order {
+		t.Run(name, func(t *testing.T) {
+			out, err := exec.Command(filepath.Join(binDir, name), "--help").CombinedOutput()
+			if err != nil {
+				t.Fatalf("%s --help: %v\n%s", name, err, out)
+			}
+			for _, flag := range []string{"-address", "-root", "-state", "-metrics-address", "-config", "-log-level"} {
+				if !strings.Contains(string(out), flag) {
+					t.Errorf("%s --help does not mention %s", name, flag)
+				}
+			}
+		})
+	}
+}
+
+// TestMakeUpDownRepeatedly drives the README's own commands.
+func TestMakeUpDownRepeatedly(t *testing.T) {
+	requireTool(t, "make")
+	dir, err := os.MkdirTemp("", "flmk")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	repo, _ := filepath.Abs("..")
+	env := append(os.Environ(),
+		"FLOTILLA_ROOT="+filepath.Join(dir, "root"),
+		"FLOTILLA_STATE="+filepath.Join(dir, "state"),
+		"FLOTILLA_METRICS_PORT="+strconv.Itoa(freePortRange(t, len(stack.Order))),
+	)
+	l := stack.DefaultLayout(binDir)
+	l.Root, l.State = filepath.Join(dir, "root"), filepath.Join(dir, "state")
+	defer stack.Down(l, 10*time.Second)
+	make := func(target string) {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+		defer cancel()
+		cmd := exec.CommandContext(ctx, "make", "-s", "-C", repo, target)
+		cmd.Env = env
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("make %s: %v\n%s", target, err, out)
+		}
+	}
+	healthy := func() {
+		t.Helper()
+		for _, svc := range l.Services() {
+			if st, err := stack.Health(context.Background(), svc.Socket); err != nil || st.String() != "SERVING" {
+				t.Fatalf("after make up, %s is %v %v", svc.Name, st, err)
+			}
+		}
+	}
+	down := func() {
+		t.Helper()
+		for _, svc := range l.Services() {
+			if _, err := os.Stat(svc.Socket); !os.IsNotExist(err) {
+				t.Fatalf("after make down, %s's socket is still there (%v)", svc.Name, err)
+			}
+		}
+	}
+	for i := 0; i < 2; i++ {
+		make("up")
+		healthy()
+		make("down")
+		down()
+	}
+	make("up")
+	for _, name := range stack.Order {
+		b, _ := os.ReadFile(l.PidFile(name))
+		pid, _ := strconv.Atoi(strings.TrimSpace(string(b)))
+		if pid <= 0 {
+			t.Fatalf("no pid for %s", name)
+		}
+		p, _ := os.FindProcess(pid)
+		p.Kill()
+	}
+	time.Sleep(200 * time.Millisecond)
+	make("up") // sockets and pid files left by kill -9 must not stop it
+	healthy()
+	make("down")
+	down()
+}
+
+func TestComposeFileIsValid(t *testing.T) {
+	requireTool(t, "docker-compose")
+	repo, _ := filepath.Abs("..")
+	out, err := exec.Command("docker-compose", "-f", filepath.Join(repo, "compose.yaml"), "config", "--services").CombinedOutput()
+	if err != nil {
+		t.Fatalf("docker-compose config: %v\n%s", err, out)
+	}
+	got := strings.Fields(string(out))
+	for _, want := range append([]string{"redis"}, stack.Order...) {
+		found := false
+		for _, g := range got {
+			found = found || g == want
+		}
+		if !found {
+			t.Errorf("compose.yaml has no service %s (has %v)", want, got)
+		}
+	}
+}

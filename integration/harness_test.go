@@ -1,0 +1,213 @@
+package integration
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/flotilla/flotilla/flotctl/stack"
+)
+
+// binDir holds the binaries under test: $FLOTILLA_BIN (make test sets it),
+// or ../bin built by TestMain.
+var binDir string
+
+func TestMain(m *testing.M) {
+	binDir = os.Getenv("FLOTILLA_BIN")
+	if binDir == "" {
+		root, _ := filepath.Abs("..")
+		cmd := exec.Command("make", "-C", root, "build")
+		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+		if err := cmd.Run(); err != nil {
+			fmt.Fprintln(os.Stderr, "make build:", err)
+			os.Exit(1)
+		}
+		binDir = filepath.Join(root, "bin")
+	}
+	os.Exit(m.Run())
+}
+
+// requireTool fails the test when a tool it needs is missing in CI, and
+// skips it elsewhere.
+func requireTool(t testing.TB, name string) string {
+	t.Helper()
+	path, err := exec.LookPath(name)
+	if err == nil {
+		return path
+	}
+	if os.Getenv("CI") == "true" {
+		t.Fatalf("%s is required in CI: %v", name, err)
+	}
+	t.Skipf("%s not installed", name)
+	return ""
+}
+
+// Stack is one node's Flotilla stack started from binDir on temporary
+// directories, stopped and removed when the test ends.
+type Stack struct {
+	Layout stack.Layout
+	// Socket is the gateway's socket, the one clients use.
+	Socket string
+	t      testing.TB
+}
+
+// startStack starts every daemon and waits until all are healthy.
+func startStack(t testing.TB) *Stack {
+	t.Helper()
+	// Unix socket paths must stay under 108 bytes: use a short /tmp dir.
+	dir, err := os.MkdirTemp("", "fl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := stack.DefaultLayout(binDir)
+	l.Root = filepath.Join(dir, "root")
+	l.State = filepath.Join(dir, "state")
+	l.MetricsBasePort = freePortRange(t, len(stack.Order))
+	l.LogLevel = "debug"
+	s := &Stack{Layout: l, Socket: l.GatewaySocket(), t: t}
+	t.Cleanup(func() {
+		if err := stack.Down(l, 10*time.Second); err != nil {
+			t.Errorf("stack down: %v", err)
+		}
+		if t.Failed() {
+			for _, name := range stack.Order {
+				b, _ := os.ReadFile(l.LogFile(name))
+				t.Logf("--- %s log ---\n%s", name, lastLines(string(b), 30))
+			}
+		}
+		exec.Command("umount", "-R", dir).Run()
+		os.RemoveAll(dir)
+	})
+	s.Up()
+	return s
+}
+
+// Up starts the daemons that are not running and waits until all are healthy.
+func (s *Stack) Up() {
+	s.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	if err := stack.Up(ctx, s.Layout, 30*time.Second); err != nil {
+		s.t.Fatalf("stack up: %v", err)
+	}
+}
+
+// Service returns the stack's daemon called name.
+func (s *Stack) Service(name string) stack.Service {
+	for _, svc := range s.Layout.Services() {
+		if svc.Name == name {
+			return svc
+		}
+	}
+	s.t.Fatalf("no service %s", name)
+	return stack.Service{}
+}
+
+// Pid returns the pid of daemon name from its pid file.
+func (s *Stack) Pid(name string) int {
+	s.t.Helper()
+	b, err := os.ReadFile(s.Layout.PidFile(name))
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	return pid
+}
+
+// Kill9 kills daemon name with SIGKILL and waits until it is gone.
+func (s *Stack) Kill9(name string) {
+	s.t.Helper()
+	pid := s.Pid(name)
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		s.t.Fatalf("kill %s: %v", name, err)
+	}
+	for i := 0; i < 500; i++ {
+		if _, err := os.Stat(fmt.Sprintf("/proc/%d", pid)); os.IsNotExist(err) {
+			return
+		}
+		if st, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid)); bytes.Contains(st, []byte(") Z ")) {
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	s.t.Fatalf("%s (pid %d) still alive after SIGKILL", name, pid)
+}
+
+// Conn is a gRPC connection to the gateway, closed when the test ends.
+func (s *Stack) Conn() *grpc.ClientConn {
+	s.t.Helper()
+	conn, err := grpc.NewClient("unix://"+s.Socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	s.t.Cleanup(func() { conn.Close() })
+	return conn
+}
+
+// Ctr runs Debian's ctr against the gateway in namespace ns and returns its
+// combined output.
+func (s *Stack) Ctr(ns string, args ...string) (string, error) {
+	s.t.Helper()
+	requireTool(s.t, "ctr")
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	all := append([]string{"--address", s.Socket, "--namespace", ns}, args...)
+	out, err := exec.CommandContext(ctx, "ctr", all...).CombinedOutput()
+	return string(out), err
+}
+
+// MustCtr is Ctr that fails the test on error.
+func (s *Stack) MustCtr(ns string, args ...string) string {
+	s.t.Helper()
+	out, err := s.Ctr(ns, args...)
+	if err != nil {
+		s.t.Fatalf("ctr %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return out
+}
+
+// freePortRange finds n consecutive free TCP ports on 127.0.0.1.
+func freePortRange(t testing.TB, n int) int {
+	t.Helper()
+	for attempt := 0; attempt < 100; attempt++ {
+		base := 20000 + rand.IntN(30000)
+		ok := true
+		for p := base; p < base+n; p++ {
+			l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p))
+			if err != nil {
+				ok = false
+				break
+			}
+			l.Close()
+		}
+		if ok {
+			return base
+		}
+	}
+	t.Fatal("no free port range")
+	return 0
+}
+
+func lastLines(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
