@@ -27,27 +27,38 @@ PROTOC_GEN_GO_GRPC := google.golang.org/grpc/cmd/protoc-gen-go-grpc@v1.6.2
 PROTOC_VERSION := 3.21.12
 TOOLS := $(CURDIR)/.tools
 
+# Built beside the daemons: the test-image kit's command, used by make demo and the tests.
+TEST_COMMANDS := ./integration/cmd/flotilla-testimage
+
 TEST_FLAGS ?= -count=1 -timeout 30m
 BENCH ?= .
 
-.PHONY: all build up down test bench proto vet fmt clean
+.PHONY: all deps build up down demo test bench proto vet fmt clean
 
 all: build
+
+# The Debian packages Flotilla runs and is tested with (installed only if missing).
+deps:
+	@bash scripts/install-deps.sh
 
 build:
 	@mkdir -p $(BIN)
 	$(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN)/ \
-		$(foreach c,$(COMMANDS),./$(c)/cmd/$(c)) $(EXTRA_COMMANDS)
+		$(foreach c,$(COMMANDS),./$(c)/cmd/$(c)) $(EXTRA_COMMANDS) $(TEST_COMMANDS)
 
-up: build
+up: deps build
 	$(BIN)/flotctl stack up --bin $(BIN)
+
+# The main job: start the stack and run a container in it.
+demo: up
+	@bash scripts/demo.sh
 
 down:
 	@if [ -x $(BIN)/flotctl ]; then $(BIN)/flotctl stack down --bin $(BIN); \
 	else $(GO) run ./flotctl/cmd/flotctl stack down --bin $(BIN); fi
 
 # Integration tests start the real binaries from ./bin.
-test: build
+test: deps build
 	FLOTILLA_BIN=$(BIN) $(GO) test $(TEST_FLAGS) $(foreach m,$(MODULES),./$(m)/...)
 
 bench: build

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Installs the Debian packages Flotilla runs and is tested with, if any is
+# missing. Idempotent: a machine that has them all is left untouched.
+set -euo pipefail
+
+# runc runs containers; redis-server carries events between eventds;
+# docker-registry serves test images; busybox-static is what the test and
+# demo images are built from; containerd brings ctr, the client we prove
+# compatibility with, and containerd-shim-runc-v2; docker-compose validates
+# compose.yaml; protobuf-compiler is protoc for `make proto`; iproute2 and
+# tmux serve network and terminal tests.
+packages=(
+	ca-certificates git make gcc libc6-dev
+	runc redis-server docker-registry busybox-static containerd
+	docker-compose protobuf-compiler iproute2 tmux procps
+)
+
+missing=()
+for p in "${packages[@]}"; do
+	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+	if [ "$(id -u)" != 0 ]; then
+		echo "missing Debian packages: ${missing[*]}; run as root (sudo) to install them" >&2
+		exit 1
+	fi
+	echo "installing: ${missing[*]}"
+	export DEBIAN_FRONTEND=noninteractive
+	apt-get update -qq
+	apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+	# Debian starts packaged daemons where it can; Flotilla and its tests start
+	# their own on temporary sockets and ports.
+	for svc in containerd redis-server docker-registry; do
+		service "$svc" stop >/dev/null 2>&1 || true
+	done
+fi
+
+if ! command -v go >/dev/null; then
+	echo "Go 1.26 is required (https://go.dev/dl); /usr/local/go/bin must be on PATH" >&2
+	exit 1
+fi
