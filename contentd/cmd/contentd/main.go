@@ -20,7 +20,6 @@ import (
 	"github.com/flotilla/flotilla/contentd/namespaces"
 	"github.com/flotilla/flotilla/services/config"
 	"github.com/flotilla/flotilla/services/daemon"
-	"github.com/flotilla/flotilla/services/events"
 	"github.com/flotilla/flotilla/services/introspect"
 	"github.com/flotilla/flotilla/services/server"
 )
@@ -57,31 +56,15 @@ func spec(cfg *contentdConfig) daemon.Spec {
 }
 
 func setup(_ context.Context, srv *server.Server, cfg *contentdConfig) error {
+	publisher, err := daemon.Publisher(srv, cfg.Eventd)
+	if err != nil {
+		return err
+	}
 	db, err := metadata.Open(filepath.Join(cfg.Root, "meta.db"))
 	if err != nil {
 		return err
 	}
 	srv.OnStop(func() { db.Close() })
-
-	var publisher events.Publisher = events.Discard{}
-	if cfg.Eventd != "" {
-		remote, err := events.NewRemote(cfg.Eventd, events.WithLogger(srv.Logger()))
-		if err != nil {
-			return err
-		}
-		if err := remote.Register(srv.Registry()); err != nil {
-			return err
-		}
-		// Runs before the database closes (OnStop runs in reverse order).
-		srv.OnStop(func() {
-			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			defer cancel()
-			if err := remote.Close(ctx); err != nil {
-				srv.Logger().Warn("events not delivered", "error", err)
-			}
-		})
-		publisher = remote
-	}
 
 	grpcSrv := srv.GRPC()
 	log := srv.Logger()
