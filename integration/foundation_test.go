@@ -312,3 +312,41 @@ func TestComposeFileIsValid(t *testing.T) {
 		}
 	}
 }
+
+// TestBackendOverTCP runs contentd on a TCP address, as it would on another
+// host, and the gateway in front of it.
+func TestBackendOverTCP(t *testing.T) {
+	dir, err := os.MkdirTemp("", "fltcp")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	contentdAddr := "127.0.0.1:" + strconv.Itoa(freePortRange(t, 1))
+	gatewaySock := filepath.Join(dir, "gw.sock")
+	start := func(name string, args ...string) {
+		cmd := exec.Command(filepath.Join(binDir, name), append([]string{
+			"--root", filepath.Join(dir, name), "--state", filepath.Join(dir, name+"-state")}, args...)...)
+		logf, _ := os.Create(filepath.Join(dir, name+".log"))
+		cmd.Stdout, cmd.Stderr = logf, logf
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { cmd.Process.Signal(os.Interrupt); cmd.Wait(); logf.Close() })
+	}
+	start("contentd", "--address", "tcp://"+contentdAddr)
+	start("gateway", "--address", gatewaySock, "--contentd", "tcp://"+contentdAddr)
+	s := &Stack{Socket: gatewaySock, t: t}
+	var out string
+	for i := 0; i < 100; i++ {
+		if out, err = s.Ctr("default", "namespaces", "create", "over-tcp"); err == nil {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if err != nil {
+		t.Fatalf("namespaces create through the gateway to contentd over TCP: %v\n%s", err, out)
+	}
+	if out := s.MustCtr("default", "namespaces", "ls", "-q"); !strings.Contains(out, "over-tcp") {
+		t.Fatalf("namespace not listed:\n%s", out)
+	}
+}
