@@ -12,6 +12,7 @@ BIN := $(CURDIR)/bin
 MODULES := proto services contentd snapshotd taskd eventd gateway flotctl integration
 DAEMONS := gateway contentd snapshotd taskd eventd
 COMMANDS := $(DAEMONS) flotctl
+EXTRA_COMMANDS := ./snapshotd/plugins/overlayfs/cmd/snapshotter-overlayfs ./snapshotd/plugins/native/cmd/snapshotter-native
 
 VERSION ?= $(shell git describe --tags --dirty 2>/dev/null || echo 0.1.0-dev)
 REVISION ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
@@ -44,7 +45,7 @@ deps:
 build:
 	@mkdir -p $(BIN)
 	$(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN)/ \
-		$(foreach c,$(COMMANDS),./$(c)/cmd/$(c)) $(EXTRA_COMMANDS) $(TEST_COMMANDS)
+		$(foreach c,$(COMMANDS),./$(c)/cmd/$(c)) ./taskd/cmd/taskd-shim $(EXTRA_COMMANDS) $(TEST_COMMANDS)
 
 up: deps build
 	$(BIN)/flotctl stack up --bin $(BIN)

@@ -107,7 +107,9 @@ func (l Layout) Services() []Service {
 			for _, b := range Order[:len(Order)-1] {
 				s.Args = append(s.Args, "--"+b, l.socket(b))
 			}
-		case "contentd":
+		case "snapshotd":
+			s.Args = append(s.Args, "--eventd", l.socket("eventd"), "--contentd", l.socket("contentd"))
+		default:
 			s.Args = append(s.Args, "--eventd", l.socket("eventd"))
 		}
 		out = append(out, s)

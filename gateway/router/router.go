@@ -25,6 +25,10 @@ import (
 // servicePrefix starts the full name of every containerd API service.
 const servicePrefix = "containerd.services."
 
+// flotillaPrefix starts the full name of Flotilla's own services, which
+// name the component serving them: flotilla.<component>.v1.<Service>.
+const flotillaPrefix = "flotilla."
+
 // Descriptors of the backend streams for calls of each shape. The unary
 // shape uses ClientConn.Invoke instead, which is cheaper.
 var (
@@ -34,18 +38,20 @@ var (
 
 // Router maps containerd service IDs to the backends that own them.
 type Router struct {
-	routes map[string]*backend.Backend
-	shapes map[string]shape
+	routes     map[string]*backend.Backend
+	components map[string]*backend.Backend // by backend name, for flotilla.<component>.*
+	shapes     map[string]shape
 }
 
 // New returns a router with no routes.
 func New() *Router {
-	return &Router{routes: make(map[string]*backend.Backend), shapes: make(map[string]shape)}
+	return &Router{routes: make(map[string]*backend.Backend), components: make(map[string]*backend.Backend), shapes: make(map[string]shape)}
 }
 
 // Route sends the calls of every service b owns to b. Routes are set up
 // before the server serves; Route must not be called once calls arrive.
 func (r *Router) Route(b *backend.Backend) {
+	r.components[b.Name()] = b
 	for _, id := range b.Services() {
 		r.routes[id] = b
 		maps.Copy(r.shapes, shapesOf(id))
@@ -66,11 +72,20 @@ func (r *Router) ServerOptions() []grpc.ServerOption {
 }
 
 // Lookup returns the backend serving fullMethod
-// ("/containerd.services.content.v1.Content/Write").
+// ("/containerd.services.content.v1.Content/Write"), or, for Flotilla's own
+// services, the backend named by their package
+// ("/flotilla.snapshotd.v1.Snapshotters/List" is snapshotd's).
 func (r *Router) Lookup(fullMethod string) (*backend.Backend, error) {
 	service := strings.TrimPrefix(fullMethod, "/")
 	if i := strings.LastIndexByte(service, '/'); i >= 0 {
 		service = service[:i]
+	}
+	if component, ok := strings.CutPrefix(service, flotillaPrefix); ok {
+		component, _, _ = strings.Cut(component, ".")
+		if b, ok := r.components[component]; ok {
+			return b, nil
+		}
+		return nil, fmt.Errorf("%s: no Flotilla backend is called %q: %w", service, component, errdefs.ErrNotImplemented)
 	}
 	id, ok := strings.CutPrefix(service, servicePrefix)
 	if !ok {

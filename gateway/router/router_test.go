@@ -10,6 +10,7 @@ import (
 
 	contentapi "github.com/containerd/containerd/api/services/content/v1"
 	namespacesapi "github.com/containerd/containerd/api/services/namespaces/v1"
+	"github.com/containerd/errdefs"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
@@ -225,6 +226,36 @@ func TestLookup(t *testing.T) {
 		if got != tc.want {
 			t.Errorf("Lookup(%s) = %q (err %v), want %q", tc.method, got, err, tc.want)
 		}
+	}
+}
+
+func TestLookupFlotillaServices(t *testing.T) {
+	snapshotd, err := backend.Dial("snapshotd", "/nonexistent/snapshotd.sock", []string{"snapshots", "diff"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer snapshotd.Close()
+	r := router.New()
+	r.Route(snapshotd)
+	for _, tc := range []struct {
+		name, method, want string
+	}{
+		{"flotilla.<component> service goes to the backend of that name", "/flotilla.snapshotd.v1.Snapshotters/List", "snapshotd"},
+		{"flotilla service of an unknown component is not routed", "/flotilla.taskd.v1.Shims/List", ""},
+		{"component name must match exactly", "/flotilla.snapshotdx.v1.Snapshotters/List", ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			b, err := r.Lookup(tc.method)
+			got := ""
+			if err == nil {
+				got = b.Name()
+			} else if !errdefs.IsNotImplemented(err) {
+				t.Fatalf("err = %v, want NotImplemented", err)
+			}
+			if got != tc.want {
+				t.Fatalf("Lookup(%s) = %q (err %v), want %q", tc.method, got, err, tc.want)
+			}
+		})
 	}
 }
 

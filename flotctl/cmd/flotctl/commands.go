@@ -23,7 +23,7 @@ func newRootCommand() *cobra.Command {
 		SilenceErrors: true,
 	}
 	root.PersistentFlags().String("address", filepath.Join(config.DefaultState(), "flotilla.sock"), "the gateway's socket")
-	root.AddCommand(newStackCommand(), newVersionCommand())
+	root.AddCommand(newStackCommand(), newVersionCommand(), newSnapshottersCommand())
 	return root
 }
 

@@ -3,24 +3,132 @@
 package main
 
 import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	introspection "github.com/containerd/containerd/api/services/introspection/v1"
+	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
+	"google.golang.org/grpc/codes"
+
 	"github.com/flotilla/flotilla/services/config"
 	"github.com/flotilla/flotilla/services/daemon"
+	"github.com/flotilla/flotilla/services/dial"
 	"github.com/flotilla/flotilla/services/introspect"
+	"github.com/flotilla/flotilla/services/server"
+	"github.com/flotilla/flotilla/snapshotd/diff/content"
+	diffservice "github.com/flotilla/flotilla/snapshotd/diff/service"
+	"github.com/flotilla/flotilla/snapshotd/host"
+	"github.com/flotilla/flotilla/snapshotd/service"
 )
 
 type snapshotdConfig struct {
 	config.Common
+	// Eventd is the address of eventd (or of the gateway) to publish
+	// events to; empty drops them.
+	Eventd string `toml:"eventd"`
+	// Contentd is the address of contentd (or of the gateway), where the
+	// diff service reads layers and writes the ones it makes.
+	Contentd string `toml:"contentd"`
+	// PluginDir holds the default backends' executables
+	// (snapshotter-overlayfs, snapshotter-native), registered at first start.
+	PluginDir string `toml:"plugin_dir"`
+	// KeepPlugins leaves the plugin processes running when snapshotd stops
+	// gracefully, for the next snapshotd to adopt (as it always does after
+	// a crash); by default a graceful stop stops them. Mounts outlive the
+	// plugins either way.
+	KeepPlugins bool `toml:"keep_plugins"`
 }
+
+// SnapshotterPluginType is the introspection type of a snapshotter.
+const SnapshotterPluginType = "io.containerd.snapshotter.v1"
 
 func main() {
 	var cfg snapshotdConfig
-	daemon.Main(daemon.Spec{
+	daemon.Main(spec(&cfg))
+}
+
+func spec(cfg *snapshotdConfig) daemon.Spec {
+	var h *host.Host // set by setup; the plugin list follows it
+	return daemon.Spec{
 		Name:    "snapshotd",
 		Summary: "prepares root filesystems: containerd's snapshots and diff services, snapshotters as plugin processes",
-		Config:  &cfg,
+		Config:  cfg,
 		Common:  &cfg.Common,
-		// The snapshots and diff services arrive with the snapshotd issue;
-		// until then the gateway's calls to them answer Unimplemented.
-		Plugins: introspect.Services(),
+		Flags: func(fs *flag.FlagSet) {
+			exe, _ := os.Executable()
+			fs.StringVar(&cfg.Eventd, "eventd", "",
+				"address of eventd or the gateway (unix socket or tcp://host:port) to publish events to; empty discards them")
+			fs.StringVar(&cfg.Contentd, "contentd", filepath.Join(config.DefaultState(), "contentd.sock"),
+				"address of contentd or the gateway (unix socket or tcp://host:port), where diff reads and writes layers")
+			fs.StringVar(&cfg.PluginDir, "plugin-dir", filepath.Dir(exe),
+				"directory of the default snapshotter plugins (snapshotter-overlayfs, snapshotter-native), registered at first start")
+			fs.BoolVar(&cfg.KeepPlugins, "keep-plugins", false,
+				"on a graceful stop, leave the snapshotter plugin processes running for the next snapshotd to adopt (after a crash they always are)")
+		},
+		Plugins: func(ctx context.Context) []*introspection.Plugin {
+			plugins := introspect.Services("snapshots", "diff")(ctx)
+			if h == nil {
+				return plugins
+			}
+			for _, st := range h.Describe() {
+				p := &introspection.Plugin{Type: SnapshotterPluginType, ID: st.Name, Exports: map[string]string{"root": st.Root}}
+				if st.State == host.StateFailed {
+					p.InitErr = &rpcstatus.Status{Code: int32(codes.Unavailable), Message: st.Error}
+				}
+				plugins = append(plugins, p)
+			}
+			return plugins
+		},
+		Setup: func(ctx context.Context, srv *server.Server) error {
+			var err error
+			h, err = setup(ctx, srv, cfg)
+			return err
+		},
+	}
+}
+
+func setup(ctx context.Context, srv *server.Server, cfg *snapshotdConfig) (*host.Host, error) {
+	publisher, err := daemon.Publisher(srv, cfg.Eventd)
+	if err != nil {
+		return nil, err
+	}
+	// The diff service reads layers from contentd and writes new ones there.
+	contentConn, err := dial.Dial(cfg.Contentd)
+	if err != nil {
+		return nil, fmt.Errorf("contentd: %w", err)
+	}
+	srv.OnStop(func() { contentConn.Close() })
+
+	h, err := host.Open(ctx, host.Options{
+		Root: cfg.Root,
+		Defaults: []host.Spec{
+			{Name: "overlayfs", Path: filepath.Join(cfg.PluginDir, "snapshotter-overlayfs")},
+			{Name: "native", Path: filepath.Join(cfg.PluginDir, "snapshotter-native")},
+		},
+		Logger: srv.Logger(),
 	})
+	if err != nil {
+		return nil, err
+	}
+	srv.OnStop(func() {
+		stop := h.Shutdown
+		if cfg.KeepPlugins {
+			stop = h.Close
+		}
+		if err := stop(); err != nil {
+			srv.Logger().Error("snapshotters state not saved", "error", err)
+		}
+	})
+
+	grpcSrv := srv.GRPC()
+	service.New(h, publisher).Register(grpcSrv)
+	service.NewAdmin(h).Register(grpcSrv)
+
+	layers := content.NewRemote(contentConn)
+	diffservice.New(layers, layers).Register(grpcSrv)
+
+	return h, nil
 }

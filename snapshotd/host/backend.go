@@ -1,0 +1,498 @@
+package host
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/containerd/errdefs"
+
+	"github.com/flotilla/flotilla/snapshotd/sdk"
+	"github.com/flotilla/flotilla/snapshotd/snapshotter"
+)
+
+// Restart backoff after a plugin dies: the first restart is immediate, the
+// next ones wait from minBackoff doubling up to maxBackoff. A process that
+// ran for stableAfter resets the backoff.
+const (
+	minBackoff  = 100 * time.Millisecond
+	maxBackoff  = 10 * time.Second
+	stableAfter = 30 * time.Second
+	startLimit  = 30 * time.Second
+)
+
+// instance is one plugin process serving a backend, and the calls on it.
+type instance struct {
+	proc     *sdk.Process
+	calls    sync.WaitGroup
+	started  time.Time
+	stopping atomic.Bool   // stopped on purpose: its exit is no crash
+	quit     chan struct{} // ends the watcher
+	quitOnce sync.Once
+}
+
+func (i *instance) endWatch() { i.quitOnce.Do(func() { close(i.quit) }) }
+
+// drain waits for the calls in flight on the instance, or ctx's end.
+func (i *instance) drain(ctx context.Context) error {
+	done := make(chan struct{})
+	go func() { i.calls.Wait(); close(done) }()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (i *instance) stop() {
+	i.stopping.Store(true)
+	i.endWatch()
+	i.proc.Stop()
+}
+
+// backend is one named snapshotter. It implements snapshotter.Snapshotter by
+// calling its current process.
+type backend struct {
+	h    *Host
+	log  *slog.Logger
+	name string
+	root string
+
+	// life serializes what starts and stops processes: start, adopt,
+	// restart, replace and remove.
+	life sync.Mutex
+
+	mu         sync.Mutex
+	path       string
+	inst       *instance // nil while no process serves
+	state      string
+	lastErr    error
+	restarts   int
+	removed    bool
+	adding     bool
+	restarting bool          // a restart loop runs
+	changed    chan struct{} // closed and replaced whenever inst changes
+}
+
+var _ snapshotter.Snapshotter = (*backend)(nil)
+
+// broadcastLocked wakes the calls waiting for a process.
+func (b *backend) broadcastLocked() {
+	close(b.changed)
+	b.changed = make(chan struct{})
+}
+
+func (b *backend) pid() int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.inst == nil {
+		return 0
+	}
+	return b.inst.proc.Pid()
+}
+
+func (b *backend) start(ctx context.Context) error {
+	b.life.Lock()
+	defer b.life.Unlock()
+	b.mu.Lock()
+	path := b.path
+	b.mu.Unlock()
+	return b.startLocked(ctx, path)
+}
+
+// startLocked starts a process from path and makes it current. b.life is held.
+func (b *backend) startLocked(ctx context.Context, path string) error {
+	if err := os.MkdirAll(b.root, 0o700); err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, startLimit)
+	defer cancel()
+	stderr := &tail{}
+	p, err := sdk.Start(ctx, sdk.Config{Path: path, Root: b.root, Logger: pluginLogger(b.name), Stderr: stderr})
+	if err != nil {
+		msg := strings.TrimSpace(stderr.String())
+		if msg != "" {
+			return fmt.Errorf("%s did not start: %s: %w", path, msg, errdefs.ErrFailedPrecondition)
+		}
+		return fmt.Errorf("%s did not start: %v: %w", path, err, errdefs.ErrFailedPrecondition)
+	}
+	b.mu.Lock()
+	b.path = path
+	b.mu.Unlock()
+	b.setInstance(p)
+	b.log.Info("snapshotter process started", "path", path, "pid", p.Pid())
+	return nil
+}
+
+// adopt takes over the process an earlier snapshotd started.
+func (b *backend) adopt(ctx context.Context, rc sdk.Reattach) error {
+	b.life.Lock()
+	defer b.life.Unlock()
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	b.mu.Lock()
+	path := b.path
+	b.mu.Unlock()
+	p, err := sdk.Attach(ctx, sdk.Config{Path: path, Root: b.root, Logger: pluginLogger(b.name)}, rc)
+	if err != nil {
+		// A process of ours that does not answer still holds the data:
+		// it must go before a new one can open it.
+		if sdk.Alive(rc.Pid) && isExecutable(rc.Pid, path) {
+			b.log.Warn("killing unresponsive snapshotter process", "pid", rc.Pid)
+			if proc, ferr := os.FindProcess(rc.Pid); ferr == nil {
+				proc.Kill()
+			}
+		}
+		return err
+	}
+	b.setInstance(p)
+	b.log.Info("snapshotter process adopted", "pid", p.Pid())
+	return nil
+}
+
+func isExecutable(pid int, path string) bool {
+	exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid))
+	return err == nil && strings.TrimSuffix(exe, " (deleted)") == path
+}
+
+func (b *backend) setInstance(p *sdk.Process) {
+	inst := &instance{proc: p, started: time.Now(), quit: make(chan struct{})}
+	b.mu.Lock()
+	b.inst = inst
+	b.state = StateRunning
+	b.lastErr = nil
+	b.broadcastLocked()
+	b.mu.Unlock()
+	go b.watch(inst)
+}
+
+// watch notices the death of inst's process.
+func (b *backend) watch(inst *instance) {
+	t := time.NewTicker(b.h.opts.PollInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-inst.quit:
+			return
+		case <-t.C:
+			if inst.stopping.Load() {
+				return
+			}
+			if !inst.proc.Alive() {
+				b.crashed(inst)
+				return
+			}
+		}
+	}
+}
+
+// crashed retires inst, whose process died or stopped answering, and
+// starts the restart loop.
+func (b *backend) crashed(inst *instance) {
+	b.mu.Lock()
+	if b.inst != inst || b.removed {
+		b.mu.Unlock()
+		return
+	}
+	b.inst = nil
+	b.state = StateRestarting
+	b.restarts++
+	b.broadcastLocked()
+	b.mu.Unlock()
+	inst.endWatch()
+	if inst.proc.Alive() {
+		// Alive but not answering: it holds the data, so it must go.
+		inst.proc.Kill()
+	}
+	b.log.Warn("snapshotter process died; restarting it", "pid", inst.proc.Pid(), "ran", time.Since(inst.started).Round(time.Millisecond))
+	b.restartLoop(time.Since(inst.started) < stableAfter)
+}
+
+// fail records that no process could be started, and retries.
+func (b *backend) fail(err error) {
+	b.mu.Lock()
+	b.state = StateFailed
+	b.lastErr = err
+	b.mu.Unlock()
+	b.restartLoop(true)
+}
+
+// restartLoop starts processes, with backoff, until one runs or the
+// backend is removed. It runs once per backend at a time.
+func (b *backend) restartLoop(backoff bool) {
+	b.mu.Lock()
+	if b.restarting {
+		b.mu.Unlock()
+		return
+	}
+	b.restarting = true
+	b.mu.Unlock()
+	go func() {
+		defer func() {
+			b.mu.Lock()
+			b.restarting = false
+			b.mu.Unlock()
+		}()
+		wait := time.Duration(0)
+		if backoff {
+			wait = minBackoff
+		}
+		for {
+			time.Sleep(wait)
+			b.life.Lock()
+			b.mu.Lock()
+			done := b.removed || b.inst != nil
+			path := b.path
+			b.mu.Unlock()
+			if done {
+				b.life.Unlock()
+				return
+			}
+			err := b.startLocked(context.Background(), path)
+			b.life.Unlock()
+			if err == nil {
+				if serr := b.h.save(); serr != nil {
+					b.log.Error("save snapshotters state", "error", serr)
+				}
+				return
+			}
+			b.log.Error("snapshotter restart failed", "error", err, "retry_in", wait)
+			b.mu.Lock()
+			b.state = StateFailed
+			b.lastErr = err
+			b.mu.Unlock()
+			wait = min(max(wait*2, minBackoff), maxBackoff)
+		}
+	}()
+}
+
+// replace drains the current process, stops it and starts path's.
+func (b *backend) replace(ctx context.Context, path string) error {
+	b.life.Lock()
+	defer b.life.Unlock()
+	b.mu.Lock()
+	if b.removed {
+		b.mu.Unlock()
+		return fmt.Errorf("snapshotter %q: %w", b.name, errdefs.ErrNotFound)
+	}
+	old, oldPath := b.inst, b.path
+	b.inst = nil
+	b.state = StateReplacing
+	b.broadcastLocked()
+	b.mu.Unlock()
+
+	if old != nil {
+		if err := old.drain(ctx); err != nil {
+			// Give the process back its place: nothing changed.
+			b.mu.Lock()
+			b.inst, b.state = old, StateRunning
+			b.broadcastLocked()
+			b.mu.Unlock()
+			return fmt.Errorf("replace snapshotter %q: waiting for calls in flight: %w", b.name, err)
+		}
+		old.stop()
+	}
+	err := b.startLocked(ctx, path)
+	if err == nil {
+		b.log.Info("snapshotter replaced", "old_path", oldPath, "path", path)
+		return nil
+	}
+	if rerr := b.startLocked(context.WithoutCancel(ctx), oldPath); rerr != nil {
+		b.mu.Lock()
+		b.state, b.lastErr = StateFailed, rerr
+		b.mu.Unlock()
+		b.restartLoop(true)
+		return fmt.Errorf("replace snapshotter %q: %w; the previous executable did not restart either: %v", b.name, err, rerr)
+	}
+	return fmt.Errorf("replace snapshotter %q: %w; the previous executable serves again", b.name, err)
+}
+
+// markRemoved makes calls fail from now on and returns the current
+// instance, for the caller to drain and stop.
+func (b *backend) markRemoved() *instance {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.removed = true
+	inst := b.inst
+	b.inst = nil
+	b.broadcastLocked()
+	if inst != nil {
+		inst.endWatch()
+	}
+	return inst
+}
+
+// detach forgets the process and leaves it running.
+func (b *backend) detach() {
+	if inst := b.markRemoved(); inst != nil {
+		inst.proc.Detach()
+	}
+}
+
+// acquire returns the current instance with a call counted on it, waiting
+// until deadline for one while the backend restarts or is replaced.
+func (b *backend) acquire(ctx context.Context, deadline time.Time) (*instance, error) {
+	timer := time.NewTimer(time.Until(deadline))
+	defer timer.Stop()
+	b.mu.Lock()
+	for {
+		if b.removed {
+			b.mu.Unlock()
+			return nil, fmt.Errorf("snapshotter not loaded: %s (removed): %w", b.name, errdefs.ErrInvalidArgument)
+		}
+		if b.inst != nil {
+			inst := b.inst
+			inst.calls.Add(1)
+			b.mu.Unlock()
+			return inst, nil
+		}
+		changed, state, lastErr := b.changed, b.state, b.lastErr
+		b.mu.Unlock()
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			return nil, fmt.Errorf("snapshotter %s is %s: %w", b.name, state, ctx.Err())
+		case <-timer.C:
+			msg := fmt.Sprintf("snapshotter %s is %s", b.name, state)
+			if lastErr != nil {
+				msg += ": " + lastErr.Error()
+			}
+			return nil, fmt.Errorf("%s: %w", msg, errdefs.ErrUnavailable)
+		}
+		b.mu.Lock()
+	}
+}
+
+// call runs fn on the current process. A call that fails because the
+// process died is retried once on the process that replaces it.
+func (b *backend) call(ctx context.Context, fn func(s snapshotter.Snapshotter) error) error {
+	deadline := time.Now().Add(b.h.opts.CallWait)
+	for attempt := 0; ; attempt++ {
+		inst, err := b.acquire(ctx, deadline)
+		if err != nil {
+			return err
+		}
+		err = fn(inst.proc.Snapshotter())
+		inst.calls.Done()
+		if err == nil || attempt > 0 || !errdefs.IsUnavailable(err) || ctx.Err() != nil {
+			return err
+		}
+		if inst.proc.Alive() {
+			pctx, cancel := context.WithTimeout(ctx, time.Second)
+			perr := inst.proc.Ping(pctx)
+			cancel()
+			if perr == nil {
+				return err
+			}
+		}
+		b.crashed(inst)
+	}
+}
+
+// countActive counts the active snapshots of the running process, without
+// waiting for one.
+func (b *backend) countActive(ctx context.Context) (int, error) {
+	b.mu.Lock()
+	inst := b.inst
+	if inst == nil {
+		state := b.state
+		b.mu.Unlock()
+		return 0, fmt.Errorf("snapshotter %s is %s", b.name, state)
+	}
+	inst.calls.Add(1)
+	b.mu.Unlock()
+	defer inst.calls.Done()
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	n := 0
+	err := inst.proc.Snapshotter().Walk(ctx, func(context.Context, snapshotter.Info) error {
+		n++
+		return nil
+	}, "kind==active")
+	return n, err
+}
+
+func (b *backend) status(ctx context.Context) Status {
+	st := b.describe()
+	if n, err := b.countActive(ctx); err == nil {
+		st.Active = n
+	}
+	return st
+}
+
+func (b *backend) describe() Status {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	st := Status{Name: b.name, Path: b.path, Root: b.root, State: b.state, Restarts: b.restarts, Active: -1}
+	if b.inst != nil {
+		st.Pid = b.inst.proc.Pid()
+	}
+	if b.lastErr != nil {
+		st.Error = b.lastErr.Error()
+	}
+	return st
+}
+
+// The snapshotter.Snapshotter methods: each is a call on the current process.
+
+func (b *backend) Stat(ctx context.Context, key string) (info snapshotter.Info, err error) {
+	err = b.call(ctx, func(s snapshotter.Snapshotter) error { info, err = s.Stat(ctx, key); return err })
+	return info, err
+}
+
+func (b *backend) Update(ctx context.Context, in snapshotter.Info, fieldpaths ...string) (info snapshotter.Info, err error) {
+	err = b.call(ctx, func(s snapshotter.Snapshotter) error { info, err = s.Update(ctx, in, fieldpaths...); return err })
+	return info, err
+}
+
+func (b *backend) Usage(ctx context.Context, key string) (u snapshotter.Usage, err error) {
+	err = b.call(ctx, func(s snapshotter.Snapshotter) error { u, err = s.Usage(ctx, key); return err })
+	return u, err
+}
+
+func (b *backend) Mounts(ctx context.Context, key string) (ms []snapshotter.Mount, err error) {
+	err = b.call(ctx, func(s snapshotter.Snapshotter) error { ms, err = s.Mounts(ctx, key); return err })
+	return ms, err
+}
+
+func (b *backend) Prepare(ctx context.Context, key, parent string, opts ...snapshotter.Opt) (ms []snapshotter.Mount, err error) {
+	err = b.call(ctx, func(s snapshotter.Snapshotter) error { ms, err = s.Prepare(ctx, key, parent, opts...); return err })
+	return ms, err
+}
+
+func (b *backend) View(ctx context.Context, key, parent string, opts ...snapshotter.Opt) (ms []snapshotter.Mount, err error) {
+	err = b.call(ctx, func(s snapshotter.Snapshotter) error { ms, err = s.View(ctx, key, parent, opts...); return err })
+	return ms, err
+}
+
+func (b *backend) Commit(ctx context.Context, name, key string, opts ...snapshotter.Opt) error {
+	return b.call(ctx, func(s snapshotter.Snapshotter) error { return s.Commit(ctx, name, key, opts...) })
+}
+
+func (b *backend) Remove(ctx context.Context, key string) error {
+	return b.call(ctx, func(s snapshotter.Snapshotter) error { return s.Remove(ctx, key) })
+}
+
+// Walk retries only if the process died before fn saw any snapshot, so
+// that no snapshot is visited twice.
+func (b *backend) Walk(ctx context.Context, fn snapshotter.WalkFunc, filters ...string) error {
+	seen := false
+	return b.call(ctx, func(s snapshotter.Snapshotter) error {
+		if seen {
+			return fmt.Errorf("walk of snapshotter %s cut short: its process died: %w", b.name, errdefs.ErrUnavailable)
+		}
+		return s.Walk(ctx, func(ctx context.Context, info snapshotter.Info) error {
+			seen = true
+			return fn(ctx, info)
+		}, filters...)
+	})
+}
+
+// Close does nothing: the host owns the backend's process.
+func (b *backend) Close() error { return nil }

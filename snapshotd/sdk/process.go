@@ -1,0 +1,214 @@
+package sdk
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"strings"
+	"syscall"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/go-plugin"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+)
+
+// Config says how to start or find a plugin process.
+type Config struct {
+	// Path is the plugin's executable.
+	Path string
+	// Root is the directory the plugin keeps its data in.
+	Root string
+	// Logger receives go-plugin's and the plugin's log lines; nil discards.
+	Logger hclog.Logger
+	// Stderr, if set, also receives the plugin's standard error, such as
+	// the reason it failed to start.
+	Stderr io.Writer
+}
+
+// Reattach is what snapshotd persists to find a running plugin again after
+// it restarts itself.
+type Reattach struct {
+	Network         string `json:"network"`
+	Address         string `json:"address"`
+	Pid             int    `json:"pid"`
+	ProtocolVersion int    `json:"protocol_version"`
+}
+
+// Process is a running plugin and the snapshotter it serves.
+type Process struct {
+	client *plugin.Client
+	snap   *Client
+	rc     Reattach
+}
+
+// Start starts the plugin at cfg.Path on cfg.Root and connects to it. The
+// plugin runs in a session of its own, so that it outlives snapshotd (and
+// the signals sent to snapshotd's process group).
+func Start(ctx context.Context, cfg Config) (*Process, error) {
+	cmd := exec.Command(cfg.Path)
+	cmd.Env = append(os.Environ(), RootEnv+"="+cfg.Root)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	client := plugin.NewClient(&plugin.ClientConfig{
+		HandshakeConfig:  Handshake,
+		Plugins:          Plugins(),
+		Cmd:              cmd,
+		AllowedProtocols: []plugin.Protocol{plugin.ProtocolGRPC},
+		Logger:           logger(cfg.Logger),
+		Stderr:           cfg.Stderr,
+	})
+	p, err := connect(ctx, client)
+	if err != nil {
+		client.Kill()
+		return nil, fmt.Errorf("start plugin %s: %w", cfg.Path, err)
+	}
+	return p, nil
+}
+
+// Attach connects to the running plugin r describes, which an earlier
+// snapshotd started. NotFound-like failures (the process is gone or does not
+// answer) are returned as errors; the process is left as it is.
+func Attach(ctx context.Context, cfg Config, r Reattach) (*Process, error) {
+	var addr net.Addr
+	switch r.Network {
+	case "unix":
+		addr = &net.UnixAddr{Net: "unix", Name: r.Address}
+	default:
+		a, err := net.ResolveTCPAddr(r.Network, r.Address)
+		if err != nil {
+			return nil, fmt.Errorf("attach plugin %d: %w", r.Pid, err)
+		}
+		addr = a
+	}
+	if !Alive(r.Pid) {
+		return nil, fmt.Errorf("attach plugin %s: process %d is gone", cfg.Path, r.Pid)
+	}
+	client := plugin.NewClient(&plugin.ClientConfig{
+		HandshakeConfig:  Handshake,
+		Plugins:          Plugins(),
+		AllowedProtocols: []plugin.Protocol{plugin.ProtocolGRPC},
+		Logger:           logger(cfg.Logger),
+		Reattach: &plugin.ReattachConfig{
+			Protocol:        plugin.ProtocolGRPC,
+			ProtocolVersion: r.ProtocolVersion,
+			Addr:            addr,
+			Pid:             r.Pid,
+		},
+	})
+	p, err := connect(ctx, client)
+	if err != nil {
+		// Not Kill: the process is not ours to stop on a failed attach.
+		return nil, fmt.Errorf("attach plugin %s (pid %d): %w", cfg.Path, r.Pid, err)
+	}
+	return p, nil
+}
+
+func connect(ctx context.Context, client *plugin.Client) (*Process, error) {
+	rpc, err := client.Client()
+	if err != nil {
+		return nil, err
+	}
+	raw, err := rpc.Dispense(PluginName)
+	if err != nil {
+		return nil, err
+	}
+	snap, ok := raw.(*Client)
+	if !ok {
+		return nil, fmt.Errorf("plugin dispensed %T, not a snapshotter", raw)
+	}
+	rc := client.ReattachConfig()
+	if rc == nil || rc.Addr == nil {
+		return nil, errors.New("plugin has no address")
+	}
+	p := &Process{client: client, snap: snap, rc: Reattach{
+		Network:         rc.Addr.Network(),
+		Address:         rc.Addr.String(),
+		Pid:             rc.Pid,
+		ProtocolVersion: client.NegotiatedVersion(),
+	}}
+	if err := p.Ping(ctx); err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
+// Snapshotter is the plugin's snapshotter.
+func (p *Process) Snapshotter() *Client { return p.snap }
+
+// Pid is the plugin's process ID.
+func (p *Process) Pid() int { return p.rc.Pid }
+
+// Reattach is what Attach needs to find the process again.
+func (p *Process) Reattach() Reattach { return p.rc }
+
+// Alive reports whether the process still runs.
+func (p *Process) Alive() bool { return Alive(p.rc.Pid) }
+
+// Ping asks the plugin's gRPC health service whether it serves.
+func (p *Process) Ping(ctx context.Context) error {
+	if p.snap.conn == nil {
+		return errors.New("no connection to the plugin")
+	}
+	resp, err := healthpb.NewHealthClient(p.snap.conn).Check(ctx, &healthpb.HealthCheckRequest{Service: "plugin"})
+	if err != nil {
+		return fmt.Errorf("plugin %d: health: %w", p.rc.Pid, err)
+	}
+	if resp.Status != healthpb.HealthCheckResponse_SERVING {
+		return fmt.Errorf("plugin %d: health is %s", p.rc.Pid, resp.Status)
+	}
+	return nil
+}
+
+// Stop asks the plugin to close its snapshotter and exit, and kills it if
+// it has not within two seconds. The plugin unmounts nothing.
+func (p *Process) Stop() {
+	p.client.Kill()
+	if Alive(p.rc.Pid) {
+		// A reattached client whose process ignored the request.
+		if proc, err := os.FindProcess(p.rc.Pid); err == nil {
+			proc.Kill()
+		}
+	}
+}
+
+// Detach forgets the process without stopping it: snapshotd exiting, to
+// adopt it when it starts again.
+func (p *Process) Detach() {
+	if p.snap.conn != nil {
+		p.snap.conn.Close()
+	}
+}
+
+// Alive reports whether process pid exists and is not a zombie.
+func Alive(pid int) bool {
+	if pid <= 0 || syscall.Kill(pid, 0) != nil {
+		return false
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	// The state follows the parenthesised command name.
+	s := string(b)
+	if i := strings.LastIndexByte(s, ')'); i >= 0 && i+2 < len(s) {
+		return s[i+2] != 'Z'
+	}
+	return true
+}
+
+func logger(l hclog.Logger) hclog.Logger {
+	if l != nil {
+		return l
+	}
+	return hclog.NewNullLogger()
+}
+
+// Kill kills the plugin at once, for one that stopped answering.
+func (p *Process) Kill() {
+	if proc, err := os.FindProcess(p.rc.Pid); err == nil {
+		proc.Kill()
+	}
+}

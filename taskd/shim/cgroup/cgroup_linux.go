@@ -1,0 +1,247 @@
+// Package cgroup reads the statistics of a container's cgroup and watches it
+// for OOM kills, on cgroup v1 (legacy or hybrid hosts, as runc uses them) and
+// on cgroup v2 (unified hosts).
+package cgroup
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/containerd/cgroups/v3"
+	"github.com/containerd/cgroups/v3/cgroup1"
+	"github.com/containerd/cgroups/v3/cgroup2"
+	"github.com/containerd/errdefs"
+	"golang.org/x/sys/unix"
+)
+
+// Unified reports whether the host uses cgroup v2 only. Hybrid hosts count
+// as v1: runc puts containers in the v1 controllers there.
+func Unified() bool { return cgroups.Mode() == cgroups.Unified }
+
+// Metrics returns the statistics of the cgroup pid belongs to: a
+// *cgroup1/stats.Metrics (type URL io.containerd.cgroups.v1.Metrics) on a v1
+// or hybrid host, a *cgroup2/stats.Metrics (io.containerd.cgroups.v2.Metrics)
+// on a unified one — what containerd's runc shim answers.
+func Metrics(pid int) (any, error) {
+	if Unified() {
+		group, err := cgroup2.PidGroupPath(pid)
+		if err != nil {
+			return nil, fmt.Errorf("cgroup of pid %d: %w", pid, notFound(err))
+		}
+		m, err := cgroup2.Load(group)
+		if err != nil {
+			return nil, fmt.Errorf("load cgroup %s: %w", group, err)
+		}
+		st, err := m.Stat()
+		if err != nil {
+			return nil, fmt.Errorf("stat cgroup %s: %w", group, err)
+		}
+		return st, nil
+	}
+	cg, err := cgroup1.Load(cgroup1.PidPath(pid))
+	if err != nil {
+		return nil, fmt.Errorf("load cgroup of pid %d: %w", pid, notFound(err))
+	}
+	st, err := cg.Stat(cgroup1.IgnoreNotExist)
+	if err != nil {
+		return nil, fmt.Errorf("stat cgroup of pid %d: %w", pid, err)
+	}
+	return st, nil
+}
+
+func notFound(err error) error {
+	if errors.Is(err, os.ErrNotExist) || errors.Is(err, unix.ESRCH) {
+		return fmt.Errorf("%w: %w", err, errdefs.ErrNotFound)
+	}
+	return err
+}
+
+// MemoryDir returns the host directory of pid's memory cgroup: the memory
+// controller's directory on v1, the unified group's directory on v2.
+func MemoryDir(pid int) (string, error) {
+	groups, err := procCgroups(pid)
+	if err != nil {
+		return "", err
+	}
+	ctrl := "memory"
+	if Unified() {
+		ctrl = ""
+	}
+	path, ok := groups[ctrl]
+	if !ok {
+		return "", fmt.Errorf("pid %d has no %q cgroup: %w", pid, ctrl, errdefs.ErrNotFound)
+	}
+	mnt, root, err := mountFor(ctrl)
+	if err != nil {
+		return "", err
+	}
+	rel, err := filepath.Rel(root, path)
+	if err != nil || strings.HasPrefix(rel, "..") {
+		rel = path
+	}
+	return filepath.Join(mnt, rel), nil
+}
+
+// procCgroups parses /proc/PID/cgroup into controller → path ("" for v2).
+func procCgroups(pid int) (map[string]string, error) {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", pid))
+	if err != nil {
+		return nil, fmt.Errorf("cgroups of pid %d: %w", pid, notFound(err))
+	}
+	out := map[string]string{}
+	for _, line := range strings.Split(strings.TrimSpace(string(data)), "\n") {
+		parts := strings.SplitN(line, ":", 3)
+		if len(parts) != 3 {
+			continue
+		}
+		for _, c := range strings.Split(parts[1], ",") {
+			out[c] = parts[2]
+		}
+	}
+	return out, nil
+}
+
+// mountFor finds the mount point and mount root of a v1 controller's
+// hierarchy, or of the v2 hierarchy when ctrl is "".
+func mountFor(ctrl string) (mnt, root string, err error) {
+	f, err := os.Open("/proc/self/mountinfo")
+	if err != nil {
+		return "", "", err
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fields := strings.Fields(sc.Text())
+		sep := -1
+		for i, f := range fields {
+			if f == "-" {
+				sep = i
+				break
+			}
+		}
+		if sep < 5 || len(fields) < sep+3 {
+			continue
+		}
+		fstype := fields[sep+1]
+		switch {
+		case ctrl == "" && fstype == "cgroup2":
+			return fields[4], fields[3], nil
+		case ctrl != "" && fstype == "cgroup" && len(fields) > sep+3:
+			for _, o := range strings.Split(fields[sep+3], ",") {
+				if o == ctrl {
+					return fields[4], fields[3], nil
+				}
+			}
+		}
+	}
+	return "", "", fmt.Errorf("no cgroup hierarchy for %q: %w", ctrl, errdefs.ErrNotFound)
+}
+
+// OOMKills reads the number of OOM kills the kernel counted for the memory
+// cgroup at dir (memory.oom_control's oom_kill on v1, memory.events'
+// oom_kill on v2).
+func OOMKills(dir string) (uint64, error) {
+	name := "memory.oom_control"
+	if Unified() {
+		name = "memory.events"
+	}
+	data, err := os.ReadFile(filepath.Join(dir, name))
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range bytes.Split(data, []byte("\n")) {
+		k, v, ok := bytes.Cut(line, []byte(" "))
+		if ok && string(k) == "oom_kill" {
+			return strconv.ParseUint(string(bytes.TrimSpace(v)), 10, 64)
+		}
+	}
+	return 0, nil
+}
+
+// WatchOOM calls onOOM once for each time the kernel OOM-kills processes
+// in the memory cgroup at dir, until the cgroup is removed or stop is
+// called. On v1 it waits on an eventfd registered for memory.oom_control; on
+// v2 on inotify events for memory.events. Kills are counted from the
+// cgroup's oom_kill counter, so a wake-up without a new kill reports nothing.
+func WatchOOM(dir string, onOOM func()) (stop func(), err error) {
+	last, err := OOMKills(dir)
+	if err != nil {
+		return nil, fmt.Errorf("read oom counter in %s: %w", dir, err)
+	}
+	var f *os.File
+	if Unified() {
+		f, err = inotifyFile(filepath.Join(dir, "memory.events"))
+	} else {
+		f, err = eventFile(dir)
+	}
+	if err != nil {
+		return nil, err
+	}
+	go func() {
+		buf := make([]byte, 4096)
+		for {
+			if _, err := f.Read(buf); err != nil {
+				return // closed by stop
+			}
+			// The notification can come a moment before the counter moves.
+			var n uint64
+			var err error
+			for range 10 {
+				if n, err = OOMKills(dir); err != nil || n > last {
+					break
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+			if err != nil {
+				f.Close()
+				return // cgroup removed
+			}
+			if n > last {
+				last = n
+				onOOM()
+			}
+		}
+	}()
+	return func() { f.Close() }, nil
+}
+
+// eventFile registers an eventfd for OOM notifications on a v1 memory
+// cgroup and returns it as a pollable file.
+func eventFile(dir string) (*os.File, error) {
+	ctl, err := os.Open(filepath.Join(dir, "memory.oom_control"))
+	if err != nil {
+		return nil, fmt.Errorf("open oom control: %w", err)
+	}
+	defer ctl.Close()
+	efd, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
+	if err != nil {
+		return nil, fmt.Errorf("eventfd: %w", err)
+	}
+	reg := fmt.Sprintf("%d %d", efd, ctl.Fd())
+	if err := os.WriteFile(filepath.Join(dir, "cgroup.event_control"), []byte(reg), 0o200); err != nil {
+		unix.Close(efd)
+		return nil, fmt.Errorf("register oom eventfd: %w", err)
+	}
+	return os.NewFile(uintptr(efd), "oom-eventfd"), nil
+}
+
+// inotifyFile watches path for modifications and returns the inotify
+// instance as a pollable file.
+func inotifyFile(path string) (*os.File, error) {
+	fd, err := unix.InotifyInit1(unix.IN_CLOEXEC | unix.IN_NONBLOCK)
+	if err != nil {
+		return nil, fmt.Errorf("inotify: %w", err)
+	}
+	if _, err := unix.InotifyAddWatch(fd, path, unix.IN_MODIFY); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("watch %s: %w", path, err)
+	}
+	return os.NewFile(uintptr(fd), "oom-inotify"), nil
+}
