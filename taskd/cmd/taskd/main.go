@@ -1,26 +1,167 @@
 // Command taskd serves containerd's containers and tasks services, running
 // each container under a shim that outlives taskd.
+//
+// `taskd publish --address ADDR --topic TOPIC --namespace NS` (event on
+// stdin) is the -publish-binary command shims run to send taskd an event.
 package main
 
 import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"time"
+
+	containersapi "github.com/containerd/containerd/api/services/containers/v1"
+	eventsapi "github.com/containerd/containerd/api/services/events/v1"
+	introspection "github.com/containerd/containerd/api/services/introspection/v1"
+	tasksapi "github.com/containerd/containerd/api/services/tasks/v1"
+
 	"github.com/flotilla/flotilla/services/config"
 	"github.com/flotilla/flotilla/services/daemon"
+	"github.com/flotilla/flotilla/services/events"
 	"github.com/flotilla/flotilla/services/introspect"
+	"github.com/flotilla/flotilla/services/server"
+	"github.com/flotilla/flotilla/taskd/containers"
+	"github.com/flotilla/flotilla/taskd/forward"
+	"github.com/flotilla/flotilla/taskd/metadata"
+	"github.com/flotilla/flotilla/taskd/runtime"
+	"github.com/flotilla/flotilla/taskd/tasks"
 )
+
+// runtimeConfig is one [runtimes."NAME"] table of the config file.
+type runtimeConfig struct {
+	// Path is the shim binary serving the runtime.
+	Path string `toml:"path"`
+}
 
 type taskdConfig struct {
 	config.Common
+	// Eventd is the address of eventd (or of the gateway) to publish
+	// events to; empty drops them.
+	Eventd string `toml:"eventd"`
+	// Runtimes maps runtime names to shim binaries.
+	Runtimes map[string]runtimeConfig `toml:"runtimes"`
 }
 
 func main() {
+	if i := slices.Index(os.Args[1:], "publish"); i >= 0 {
+		args := slices.Delete(slices.Clone(os.Args[1:]), i, i+1)
+		if err := forward.PublishMain(args, os.Stdin, filepath.Join(config.DefaultState(), "taskd.sock")); err != nil {
+			fmt.Fprintf(os.Stderr, "taskd publish: %v\n", err)
+			os.Exit(1)
+		}
+		return
+	}
 	var cfg taskdConfig
-	daemon.Main(daemon.Spec{
+	daemon.Main(spec(&cfg))
+}
+
+// spec describes taskd to the daemon kit, reading its settings into cfg.
+func spec(cfg *taskdConfig) daemon.Spec {
+	return daemon.Spec{
 		Name:    "taskd",
 		Summary: "runs containers: containerd's containers and tasks services, one shim per container",
-		Config:  &cfg,
+		Config:  cfg,
 		Common:  &cfg.Common,
-		// The containers and tasks services arrive with the taskd issue;
-		// until then the gateway's calls to them answer Unimplemented.
-		Plugins: introspect.Services(),
+		Flags: func(fs *flag.FlagSet) {
+			fs.StringVar(&cfg.Eventd, "eventd", "",
+				"address of eventd or the gateway (unix socket or tcp://host:port) to publish events to; empty discards them")
+		},
+		Plugins: plugins,
+		Setup:   func(ctx context.Context, srv *server.Server) error { return setup(ctx, srv, cfg) },
+	}
+}
+
+// plugins is what taskd provides, for containerd's Introspection.
+func plugins(ctx context.Context) []*introspection.Plugin {
+	list := introspect.Services("containers", "tasks")(ctx)
+	return append(list,
+		&introspection.Plugin{Type: "io.containerd.runtime.v2", ID: "task"},
+		&introspection.Plugin{Type: "io.containerd.runtime.v2", ID: runtime.RuncV2},
+	)
+}
+
+func setup(ctx context.Context, srv *server.Server, cfg *taskdConfig) error {
+	log := srv.Logger()
+	db, err := metadata.Open(filepath.Join(cfg.Root, "meta.db"))
+	if err != nil {
+		return err
+	}
+	srv.OnStop(func() { db.Close() })
+
+	var publisher events.Publisher = events.Discard{}
+	if cfg.Eventd != "" {
+		remote, err := events.NewRemote(cfg.Eventd, events.WithLogger(log))
+		if err != nil {
+			return err
+		}
+		if err := remote.Register(srv.Registry()); err != nil {
+			return err
+		}
+		srv.OnStop(func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			if err := remote.Close(ctx); err != nil {
+				log.Warn("events not delivered", "error", err)
+			}
+		})
+		publisher = remote
+	}
+
+	self, err := os.Executable()
+	if err != nil {
+		return fmt.Errorf("find taskd's binary: %w", err)
+	}
+	ttrpcAddress, err := ttrpcPath(cfg)
+	if err != nil {
+		return err
+	}
+	paths := map[string]string{}
+	for name, rc := range cfg.Runtimes {
+		paths[name] = rc.Path
+	}
+	manager := runtime.NewManager(runtime.Config{
+		State:         filepath.Join(cfg.State, "tasks"),
+		Address:       cfg.Address,
+		TTRPCAddress:  ttrpcAddress,
+		PublishBinary: self,
+		Resolver:      &runtime.Resolver{Paths: paths, Dir: filepath.Dir(self)},
+		Exits:         runtime.NewExitStore(db),
+		Events:        publisher,
+		Log:           log,
 	})
+	stopTTRPC, err := forward.ServeTTRPC(ttrpcAddress, manager)
+	if err != nil {
+		return err
+	}
+	srv.OnStop(stopTTRPC)
+	srv.OnStop(manager.Close)
+	// Shims that kept running while taskd was down are adopted before the
+	// first call is served.
+	if err := manager.Load(ctx); err != nil {
+		return err
+	}
+
+	store := containers.NewStore(db)
+	containersapi.RegisterContainersServer(srv.GRPC(), containers.NewService(store, manager, publisher, log))
+	tasksapi.RegisterTasksServer(srv.GRPC(), tasks.NewService(store, manager, log))
+	eventsapi.RegisterEventsServer(srv.GRPC(), forward.NewGRPC(manager))
+	return nil
+}
+
+// ttrpcPath is where taskd takes shims' events over ttrpc: next to its unix
+// socket, as containerd does (<socket>.ttrpc), or in its state directory
+// when it serves TCP.
+func ttrpcPath(cfg *taskdConfig) (string, error) {
+	network, addr, err := server.SplitAddress(cfg.Address)
+	if err != nil {
+		return "", err
+	}
+	if network == "unix" {
+		return addr + ".ttrpc", nil
+	}
+	return filepath.Join(cfg.State, "taskd.ttrpc"), nil
 }
