@@ -11,7 +11,7 @@ REF=flotilla.local/demo/busybox:latest
 ctr() { command ctr --address "$ADDR" --namespace demo "$@"; }
 
 echo "==> Flotilla answers containerd's API on $ADDR"
-ctr version | sed -n '/Server:/,$p'
+ctr version 2>/dev/null | sed -n '/Server:/,$p'
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
