@@ -12,7 +12,6 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"time"
 
 	containersapi "github.com/containerd/containerd/api/services/containers/v1"
 	eventsapi "github.com/containerd/containerd/api/services/events/v1"
@@ -21,7 +20,6 @@ import (
 
 	"github.com/flotilla/flotilla/services/config"
 	"github.com/flotilla/flotilla/services/daemon"
-	"github.com/flotilla/flotilla/services/events"
 	"github.com/flotilla/flotilla/services/introspect"
 	"github.com/flotilla/flotilla/services/server"
 	"github.com/flotilla/flotilla/taskd/containers"
@@ -92,23 +90,9 @@ func setup(ctx context.Context, srv *server.Server, cfg *taskdConfig) error {
 	}
 	srv.OnStop(func() { db.Close() })
 
-	var publisher events.Publisher = events.Discard{}
-	if cfg.Eventd != "" {
-		remote, err := events.NewRemote(cfg.Eventd, events.WithLogger(log))
-		if err != nil {
-			return err
-		}
-		if err := remote.Register(srv.Registry()); err != nil {
-			return err
-		}
-		srv.OnStop(func() {
-			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			defer cancel()
-			if err := remote.Close(ctx); err != nil {
-				log.Warn("events not delivered", "error", err)
-			}
-		})
-		publisher = remote
+	publisher, err := daemon.Publisher(srv, cfg.Eventd)
+	if err != nil {
+		return err
 	}
 
 	self, err := os.Executable()
