@@ -15,7 +15,7 @@ import (
 
 // stopPluginsOnCleanup kills the snapshotter plugin processes snapshotd
 // leaves running when it stops (for the next snapshotd to adopt).
-func stopPluginsOnCleanup(t *testing.T, s *Stack) {
+func stopPluginsOnCleanup(t testing.TB, s *Stack) {
 	state := filepath.Join(s.Layout.Root, "snapshotd", "snapshotters.json")
 	t.Cleanup(func() {
 		b, err := os.ReadFile(state)

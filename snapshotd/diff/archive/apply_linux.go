@@ -56,13 +56,16 @@ func WithStreamSize(n int64) ApplyOption {
 // .wh..wh..opq) remove what lower layers had, or become overlay whiteouts
 // with WithOverlayWhiteouts.
 //
-// Every name is resolved beneath dir. An absolute name or link name, a
-// name that climbs out with "..", a path through a symlink that points
-// outside (absolute, or climbing above dir), a hardlink to something
-// outside, an unknown entry type and a file larger than the limit or than
-// what is left of the stream are InvalidArgument errors, and nothing
-// outside dir is touched; entries before the refused one stay applied. A
-// file whose body is cut short is removed.
+// Every name is resolved in dir as if dir were "/", the way the container
+// will see it: a symlink on the way (from this layer or a lower one) is
+// followed with absolute targets taken from dir and ".." stopping at dir
+// (openat2's RESOLVE_IN_ROOT), so a write through "var/run -> /run" lands
+// at dir/run and one through a symlink to /etc at dir/etc, never on the
+// host. An entry name or hardlink name that is absolute or climbs out with
+// "..", a hardlink to something that is not beneath dir, an unknown entry
+// type and a file larger than the limit or than what is left of the stream
+// are InvalidArgument errors; entries before the refused one stay applied.
+// Nothing outside dir is touched. A file whose body is cut short is removed.
 func Apply(ctx context.Context, dir string, r io.Reader, opts ...ApplyOption) error {
 	o := applyOptions{maxFileSize: DefaultMaxFileSize}
 	for _, opt := range opts {

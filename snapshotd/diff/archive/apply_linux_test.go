@@ -189,72 +189,98 @@ func TestApplyEntries(t *testing.T) {
 	})
 }
 
-// hostile is a layer that aims at a canary file outside the root.
+// hostile is a layer that aims at a canary file outside the root. It is
+// either refused (InvalidArgument) or contained: applied with everything it
+// writes inside the root — for the layers that write the canary's name,
+// at landsAt(canary) beneath the root.
 type hostile struct {
-	name  string
-	layer func(t *testing.T, canary string) []byte
-	opts  []ApplyOption
+	name      string
+	layer     func(t *testing.T, canary string) []byte
+	opts      []ApplyOption
+	contained bool
+	landsAt   func(canary string) string
 }
 
 func hostileLayers() []hostile {
 	climb := strings.Repeat("../", 32)
+	refused := func(name string, layer func(*testing.T, string) []byte, opts ...ApplyOption) hostile {
+		return hostile{name: name, layer: layer, opts: opts}
+	}
+	contained := func(name string, landsAt func(string) string, layer func(*testing.T, string) []byte) hostile {
+		return hostile{name: name, layer: layer, contained: true, landsAt: landsAt}
+	}
 	return []hostile{
-		{"path traversal with .. is refused", func(t *testing.T, c string) []byte {
+		refused("path traversal with .. is refused", func(t *testing.T, c string) []byte {
 			return lt.Tar(t, lt.File(climb+strings.TrimPrefix(c, "/"), 0o644, "pwned\n"))
-		}, nil},
-		{"traversal hidden in the middle of a name is refused", func(t *testing.T, c string) []byte {
+		}),
+		refused("traversal hidden in the middle of a name is refused", func(t *testing.T, c string) []byte {
 			return lt.Tar(t, lt.Dir("a", 0o755), lt.File("a/../../"+filepath.Base(c), 0o644, "pwned\n"))
-		}, nil},
-		{"absolute path is refused", func(t *testing.T, c string) []byte {
+		}),
+		refused("absolute path is refused", func(t *testing.T, c string) []byte {
 			return lt.Tar(t, lt.File(c, 0o644, "pwned\n"))
-		}, nil},
-		{"write through an absolute symlink is refused", func(t *testing.T, c string) []byte {
-			return lt.Tar(t, lt.Symlink("escape", filepath.Dir(c)), lt.File("escape/"+filepath.Base(c), 0o644, "pwned\n"))
-		}, nil},
-		{"write through a climbing relative symlink is refused", func(t *testing.T, c string) []byte {
-			return lt.Tar(t, lt.Symlink("escape", "../etc"), lt.File("escape/"+filepath.Base(c), 0o644, "pwned\n"))
-		}, nil},
-		{"write through a chain of symlinks is refused", func(t *testing.T, c string) []byte {
-			return lt.Tar(t, lt.Dir("d", 0o755), lt.Symlink("d/up", ".."), lt.Symlink("d/up2", "up/d/up/.."),
-				lt.File("d/up2/etc/"+filepath.Base(c), 0o644, "pwned\n"))
-		}, nil},
-		{"hardlink climbing outside is refused", func(t *testing.T, c string) []byte {
+		}),
+		contained("write through an absolute symlink lands under the root at the symlink's target",
+			func(c string) string { return strings.TrimPrefix(c, "/") },
+			func(t *testing.T, c string) []byte {
+				return lt.Tar(t, lt.Symlink("escape", filepath.Dir(c)), lt.File("escape/"+filepath.Base(c), 0o644, "pwned\n"))
+			}),
+		contained("write through a climbing relative symlink stops at the root",
+			func(c string) string { return "etc/" + filepath.Base(c) },
+			func(t *testing.T, c string) []byte {
+				return lt.Tar(t, lt.Symlink("escape", "../etc"), lt.File("escape/"+filepath.Base(c), 0o644, "pwned\n"))
+			}),
+		contained("write through a chain of climbing symlinks stops at the root",
+			func(c string) string { return "etc/" + filepath.Base(c) },
+			func(t *testing.T, c string) []byte {
+				return lt.Tar(t, lt.Dir("d", 0o755), lt.Symlink("d/up", ".."), lt.Symlink("d/up2", "up/d/up/.."),
+					lt.File("d/up2/etc/"+filepath.Base(c), 0o644, "pwned\n"))
+			}),
+		refused("hardlink climbing outside is refused", func(t *testing.T, c string) []byte {
 			return lt.Tar(t, lt.Hardlink("passwd", climb+strings.TrimPrefix(c, "/")), lt.File("passwd", 0o644, "pwned\n"))
-		}, nil},
-		{"hardlink to an absolute path is refused", func(t *testing.T, c string) []byte {
+		}),
+		refused("hardlink to an absolute path is refused", func(t *testing.T, c string) []byte {
 			return lt.Tar(t, lt.Hardlink("passwd", c), lt.File("passwd", 0o644, "pwned\n"))
-		}, nil},
-		{"hardlink through a symlink to outside is refused", func(t *testing.T, c string) []byte {
+		}),
+		refused("hardlink through a symlink to outside finds no target under the root and is refused", func(t *testing.T, c string) []byte {
 			return lt.Tar(t, lt.Symlink("up", filepath.Dir(c)), lt.Hardlink("passwd", "up/"+filepath.Base(c)), lt.File("passwd", 0o644, "pwned\n"))
-		}, nil},
-		{"whiteout through a symlink to outside is refused", func(t *testing.T, c string) []byte {
+		}),
+		refused("hardlink through a climbing symlink finds no target under the root and is refused", func(t *testing.T, c string) []byte {
+			return lt.Tar(t, lt.Symlink("up", "../etc"), lt.Hardlink("passwd", "up/"+filepath.Base(c)), lt.File("passwd", 0o644, "pwned\n"))
+		}),
+		contained("whiteout through a symlink to outside removes nothing outside", nil, func(t *testing.T, c string) []byte {
 			return lt.Tar(t, lt.Symlink("escape", filepath.Dir(c)), lt.File("escape/.wh."+filepath.Base(c), 0o644, ""))
-		}, nil},
-		{"opaque directory through a symlink to outside is refused", func(t *testing.T, c string) []byte {
+		}),
+		contained("whiteout through a climbing symlink removes nothing outside", nil, func(t *testing.T, c string) []byte {
+			return lt.Tar(t, lt.Symlink("escape", "../etc"), lt.File("escape/.wh."+filepath.Base(c), 0o644, ""))
+		}),
+		contained("opaque directory through a symlink to outside empties nothing outside", nil, func(t *testing.T, c string) []byte {
 			return lt.Tar(t, lt.Symlink("escape", filepath.Dir(c)), lt.File("escape/.wh..wh..opq", 0o644, ""))
-		}, nil},
-		{"whiteout of .. is refused", func(t *testing.T, c string) []byte {
+		}),
+		refused("whiteout of .. is refused", func(t *testing.T, c string) []byte {
 			return lt.Tar(t, lt.Dir("d", 0o755), lt.File("d/.wh..", 0o644, ""))
-		}, nil},
-		{"size of 1 PiB is refused", func(t *testing.T, c string) []byte {
+		}),
+		refused("symlink loop is refused", func(t *testing.T, c string) []byte {
+			return lt.Tar(t, lt.Symlink("a", "b"), lt.Symlink("b", "a"), lt.File("a/"+filepath.Base(c), 0o644, "pwned\n"))
+		}),
+		refused("size of 1 PiB is refused", func(t *testing.T, c string) []byte {
 			h := lt.File("huge", 0o644, strings.Repeat("x", 4096))
 			h.Size = 1 << 50
 			return lt.Tar(t, h)
-		}, nil},
-		{"size beyond the rest of the stream is refused", func(t *testing.T, c string) []byte {
+		}),
+		refused("size beyond the rest of the stream is refused", func(t *testing.T, c string) []byte {
 			h := lt.File("huge", 0o644, strings.Repeat("x", 4096))
 			h.Size = 1 << 30
 			return lt.Tar(t, h)
-		}, []ApplyOption{WithStreamSize(8192)}},
-		{"body cut short is refused and leaves no file", func(t *testing.T, c string) []byte {
+		}, WithStreamSize(8192)),
+		refused("body cut short is refused and leaves no file", func(t *testing.T, c string) []byte {
 			h := lt.File("huge", 0o644, strings.Repeat("x", 4096))
 			h.Size = 1 << 20
 			return lt.Tar(t, h)
-		}, nil},
+		}),
 	}
 }
 
-func TestApplyRefusesHostileLayers(t *testing.T) {
+func TestApplyRefusesOrContainsHostileLayers(t *testing.T) {
 	requireRoot(t)
 	resolvers(t, func(t *testing.T) {
 		for _, overlay := range []bool{false, true} {
@@ -276,7 +302,10 @@ func TestApplyRefusesHostileLayers(t *testing.T) {
 						opts = append([]ApplyOption{WithOverlayWhiteouts()}, opts...)
 					}
 					err := apply(t, root, h.layer(t, canary.Path), opts...)
-					if !errdefs.IsInvalidArgument(err) {
+					switch {
+					case h.contained && err != nil:
+						t.Fatalf("Apply = %v, want it applied inside the root", err)
+					case !h.contained && !errdefs.IsInvalidArgument(err):
 						t.Fatalf("Apply = %v, want InvalidArgument", err)
 					}
 					canary.Check(t, root)
@@ -295,6 +324,12 @@ func TestApplyRefusesHostileLayers(t *testing.T) {
 					}
 					if _, ok := after["root/huge"]; ok {
 						t.Error("a partial root/huge was left")
+					}
+					if h.landsAt != nil {
+						at := "root/" + h.landsAt(canary.Path)
+						if got := after[at]; got != "file 0644 0:0 pwned\n" {
+							t.Errorf("%s = %q, want the layer's file there", at, got)
+						}
 					}
 				})
 			}
@@ -322,6 +357,61 @@ func TestApplyResolvesInsideTheRoot(t *testing.T) {
 			}
 			if !lt.SameInode(t, filepath.Join(root, "three"), filepath.Join(root, "usr/lib/one")) {
 				t.Error("hardlink through an inner symlink is not the target's inode")
+			}
+		})
+		t.Run("a write through a lower layer's absolute symlink var/run -> /run lands at <root>/run", func(t *testing.T) {
+			host := lt.TempDir(t, "in-")
+			root := filepath.Join(host, "root")
+			os.Mkdir(root, 0o755)
+			hostRun := filepath.Join(host, "run")
+			os.Mkdir(hostRun, 0o755)
+			lower := lt.Tar(t, lt.Dir("run", 0o755), lt.Dir("var", 0o755), lt.Symlink("var/run", "/run"),
+				lt.File("run/old", 0o644, "old"))
+			upper := lt.Tar(t, lt.Dir("var", 0o755), lt.File("var/run/x", 0o644, "x"),
+				lt.Hardlink("var/run/y", "var/run/x"), lt.File("var/run/.wh.old", 0o644, ""))
+			for i, layer := range [][]byte{lower, upper} {
+				if err := apply(t, root, layer); err != nil {
+					t.Fatalf("layer %d: %v", i, err)
+				}
+			}
+			got := lt.Snapshot(t, root)
+			want := map[string]string{
+				"run":     "dir 0755 0:0",
+				"run/x":   "file 0644 0:0 x",
+				"run/y":   "file 0644 0:0 x",
+				"var":     "dir 0755 0:0",
+				"var/run": "symlink 0:0 -> /run",
+			}
+			if d := lt.Diff(want, got); d != "" {
+				t.Fatalf("tree differs:\n%s", d)
+			}
+			if !lt.SameInode(t, filepath.Join(root, "run/x"), filepath.Join(root, "run/y")) {
+				t.Error("hardlink through the absolute symlink is not the target's inode")
+			}
+			if names, _ := os.ReadDir(hostRun); len(names) != 0 {
+				t.Errorf("the host's %s got %v", hostRun, names)
+			}
+		})
+		t.Run("a write through a dangling absolute symlink makes its target under the root", func(t *testing.T) {
+			root := lt.TempDir(t, "in-")
+			err := apply(t, root, lt.Tar(t, lt.Dir("var", 0o755), lt.Symlink("var/lock", "/run/lock"),
+				lt.File("var/lock/pid", 0o644, "1")))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := lt.Snapshot(t, root)["run/lock/pid"]; got != "file 0644 0:0 1" {
+				t.Errorf("run/lock/pid = %q", got)
+			}
+		})
+		t.Run("a relative symlink climbing above the root stops at the root", func(t *testing.T) {
+			root := lt.TempDir(t, "in-")
+			err := apply(t, root, lt.Tar(t, lt.Dir("a", 0o755), lt.Symlink("a/top", "../../../.."),
+				lt.File("a/top/f", 0o644, "f")))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := lt.Snapshot(t, root)["f"]; got != "file 0644 0:0 f" {
+				t.Errorf("f = %q", got)
 			}
 		})
 		t.Run("unknown entry types are refused", func(t *testing.T) {

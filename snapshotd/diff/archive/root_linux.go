@@ -11,20 +11,28 @@ import (
 )
 
 // root is a directory the applier writes beneath. Every path is resolved
-// from the root's descriptor so that no component — "..", an absolute or
-// climbing symlink, a symlink swapped in by an earlier entry — can lead
-// outside it: with openat2(RESOLVE_BENEATH) where the kernel has it,
-// otherwise with a component-by-component walk that refuses the same paths.
+// from the root's descriptor as if the root were "/" — the way the
+// container will see it — so that no component can lead outside it: an
+// absolute symlink is taken relative to the root and ".." stops at the
+// root (openat2's RESOLVE_IN_ROOT). The kernel does it where it has
+// openat2, otherwise a component-by-component walk that never follows a
+// symlink in the kernel gives the same answers.
+//
+// Resolving in the root rather than refusing every symlink that points
+// outside keeps real images working: a lower layer's "var/run -> /run"
+// with an upper layer writing "var/run/x" lands at <root>/run/x, as it
+// does with containerd. A layer's own entry names and hardlink names are
+// refused when absolute or climbing (cleanName): those say outright that
+// the layer aims outside.
 type root struct {
 	fd   int
 	path string
-	// beneath tells whether openat2 with RESOLVE_BENEATH is available.
-	beneath bool
+	// inRoot tells whether openat2 with RESOLVE_IN_ROOT is available.
+	inRoot bool
 
 	// The parent directory of the last entry, kept open while entries of
 	// the same directory follow one another; dropped whenever something is
-	// removed or a symlink is created, since either can change what a path
-	// resolves to.
+	// removed, since a removal can change what a path resolves to.
 	cacheDir string
 	cacheFD  int
 }
@@ -40,10 +48,10 @@ func openRoot(dir string) (*root, error) {
 	}
 	r := &root{fd: fd, path: dir, cacheFD: -1}
 	if !forceWalk {
-		probe, err := unix.Openat2(fd, ".", &unix.OpenHow{Flags: unix.O_PATH | unix.O_CLOEXEC, Resolve: unix.RESOLVE_BENEATH})
+		probe, err := unix.Openat2(fd, ".", &unix.OpenHow{Flags: unix.O_PATH | unix.O_CLOEXEC, Resolve: unix.RESOLVE_IN_ROOT})
 		if err == nil {
 			unix.Close(probe)
-			r.beneath = true
+			r.inRoot = true
 		}
 	}
 	return r, nil
@@ -61,7 +69,7 @@ func (r *root) dropCache() {
 	r.cacheDir, r.cacheFD = "", -1
 }
 
-// errEscape is what resolving a path that leaves the root fails with.
+// errEscape is what an entry whose own name leaves the root fails with.
 var errEscape = errors.New("path escapes the root")
 
 // cleanName turns a tar entry name into a clean path relative to the root,
@@ -88,9 +96,10 @@ var errEscapeInvalid = fmt.Errorf("%w: %w", errEscape, errdefs.ErrInvalidArgumen
 
 // dir returns a descriptor (O_PATH) of directory rel, which the caller must
 // not close. With create, missing directories on the way are made with mode
-// 0755, as a layer's parents would be. A path that leaves the root (through
-// an absolute or climbing symlink) is an InvalidArgument error; a missing
-// directory without create is ENOENT.
+// 0755, as a layer's parents would be, including the targets of dangling
+// symlinks on the way. Symlinks are resolved in the root (see root). Too
+// many symlinks, or a component that is not a directory, is an
+// InvalidArgument error; a missing directory without create is ENOENT.
 func (r *root) dir(rel string, create bool) (int, error) {
 	if rel == r.cacheDir && r.cacheFD >= 0 {
 		return r.cacheFD, nil
@@ -104,46 +113,27 @@ func (r *root) dir(rel string, create bool) (int, error) {
 	return fd, nil
 }
 
+// open is dir without the cache: the caller closes the descriptor.
 func (r *root) open(rel string, create bool) (int, error) {
-	if !r.beneath {
+	if !r.inRoot {
 		return r.walk(rel, create)
 	}
-	fd, err := r.openBeneath(rel)
+	fd, err := r.openInRoot(rel)
 	if err == nil || !create || !errors.Is(err, unix.ENOENT) {
 		return fd, err
 	}
-	// Make the missing directories one at a time, each from the root.
-	parts := strings.Split(rel, "/")
-	for i := range parts {
-		prefix := strings.Join(parts[:i+1], "/")
-		fd, err := r.openBeneath(prefix)
-		if err == nil {
-			unix.Close(fd)
-			continue
-		}
-		if !errors.Is(err, unix.ENOENT) {
-			return -1, err
-		}
-		parent, err := r.openBeneath(strings.Join(parts[:i], "/"))
-		if err != nil {
-			return -1, err
-		}
-		err = unix.Mkdirat(parent, parts[i], 0o755)
-		unix.Close(parent)
-		if err != nil && !errors.Is(err, unix.EEXIST) {
-			return -1, fmt.Errorf("mkdir %s: %w", prefix, err)
-		}
-	}
-	return r.openBeneath(rel)
+	// Something on the way is missing, perhaps behind a dangling symlink:
+	// the walk makes each missing directory where the path leads.
+	return r.walk(rel, true)
 }
 
-func (r *root) openBeneath(rel string) (int, error) {
+func (r *root) openInRoot(rel string) (int, error) {
 	if rel == "" {
 		rel = "."
 	}
 	how := &unix.OpenHow{
 		Flags:   unix.O_PATH | unix.O_DIRECTORY | unix.O_CLOEXEC,
-		Resolve: unix.RESOLVE_BENEATH | unix.RESOLVE_NO_MAGICLINKS,
+		Resolve: unix.RESOLVE_IN_ROOT | unix.RESOLVE_NO_MAGICLINKS,
 	}
 	for range 16 {
 		fd, err := unix.Openat2(r.fd, rel, how)
@@ -152,7 +142,9 @@ func (r *root) openBeneath(rel string) (int, error) {
 			return fd, nil
 		case errors.Is(err, unix.EAGAIN), errors.Is(err, unix.EINTR):
 			continue
-		case errors.Is(err, unix.EXDEV), errors.Is(err, unix.ELOOP):
+		case errors.Is(err, unix.ELOOP):
+			return -1, fmt.Errorf("resolve %q: too many symlinks: %w", rel, errdefs.ErrInvalidArgument)
+		case errors.Is(err, unix.EXDEV):
 			return -1, fmt.Errorf("resolve %q: %w", rel, errEscapeInvalid)
 		case errors.Is(err, unix.ENOTDIR):
 			return -1, fmt.Errorf("resolve %q: a component is not a directory: %w", rel, errdefs.ErrInvalidArgument)
@@ -162,9 +154,14 @@ func (r *root) openBeneath(rel string) (int, error) {
 	return -1, fmt.Errorf("resolve %q: kernel kept asking to retry: %w", rel, errdefs.ErrUnavailable)
 }
 
+// maxSymlinks is how many symlinks one resolution follows, as Linux's
+// path walk allows.
+const maxSymlinks = 40
+
 // walk resolves rel one component at a time without ever following a
 // symlink in the kernel: a symlink's target is spliced into the remaining
-// components, refused when absolute or when it climbs above the root.
+// components, an absolute one from the root again, and ".." at the root
+// stays at the root. With create, a missing directory is made.
 func (r *root) walk(rel string, create bool) (fd int, err error) {
 	start, err := unix.Openat(r.fd, ".", unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
@@ -194,11 +191,10 @@ func (r *root) walk(rel string, create bool) (fd int, err error) {
 		case "", ".":
 			continue
 		case "..":
-			if len(stack) == 1 {
-				return -1, fmt.Errorf("resolve %q: %w", rel, errEscapeInvalid)
+			if len(stack) > 1 {
+				unix.Close(cur)
+				stack = stack[:len(stack)-1]
 			}
-			unix.Close(cur)
-			stack = stack[:len(stack)-1]
 			continue
 		}
 		var st unix.Stat_t
@@ -214,15 +210,18 @@ func (r *root) walk(rel string, create bool) (fd int, err error) {
 		}
 		switch st.Mode & unix.S_IFMT {
 		case unix.S_IFLNK:
-			if links++; links > 40 {
-				return -1, fmt.Errorf("resolve %q: too many symlinks: %w", rel, errEscapeInvalid)
+			if links++; links > maxSymlinks {
+				return -1, fmt.Errorf("resolve %q: too many symlinks: %w", rel, errdefs.ErrInvalidArgument)
 			}
 			target, err := readlinkat(cur, c)
 			if err != nil {
 				return -1, err
 			}
 			if strings.HasPrefix(target, "/") {
-				return -1, fmt.Errorf("resolve %q: absolute symlink %s -> %s: %w", rel, c, target, errEscapeInvalid)
+				for _, fd := range stack[1:] {
+					unix.Close(fd)
+				}
+				stack = stack[:1]
 			}
 			todo = append(splitPath(target), todo...)
 		case unix.S_IFDIR:
