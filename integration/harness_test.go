@@ -67,6 +67,13 @@ type Stack struct {
 // startStack starts every daemon and waits until all are healthy.
 func startStack(t testing.TB) *Stack {
 	t.Helper()
+	return startStackWith(t, nil)
+}
+
+// startStackWith is startStack with the layout adjusted by configure (when
+// not nil) before anything starts, e.g. to give a daemon extra flags.
+func startStackWith(t testing.TB, configure func(*stack.Layout)) *Stack {
+	t.Helper()
 	// Unix socket paths must stay under 108 bytes: use a short /tmp dir.
 	dir, err := os.MkdirTemp("", "fl")
 	if err != nil {
@@ -77,6 +84,9 @@ func startStack(t testing.TB) *Stack {
 	l.State = filepath.Join(dir, "state")
 	l.MetricsBasePort = freePortRange(t, len(stack.Order))
 	l.LogLevel = "debug"
+	if configure != nil {
+		configure(&l)
+	}
 	s := &Stack{Layout: l, Socket: l.GatewaySocket(), t: t}
 	t.Cleanup(func() {
 		if err := stack.Down(l, 10*time.Second); err != nil {
@@ -88,8 +98,7 @@ func startStack(t testing.TB) *Stack {
 				t.Logf("--- %s log ---\n%s", name, lastLines(string(b), 30))
 			}
 		}
-		exec.Command("umount", "-R", dir).Run()
-		os.RemoveAll(dir)
+		reapLeftovers(t, dir)
 	})
 	s.Up()
 	return s
@@ -180,6 +189,39 @@ func (s *Stack) MustCtr(ns string, args ...string) string {
 		s.t.Fatalf("ctr %s: %v\n%s", strings.Join(args, " "), err, out)
 	}
 	return out
+}
+
+// reapLeftovers kills what a stack under dir may leave by design — shims and
+// snapshotter plugins outlive their daemons, and a test may have killed a
+// daemon — then unmounts everything under dir and removes it.
+func reapLeftovers(t testing.TB, dir string) {
+	procs, _ := filepath.Glob("/proc/[0-9]*")
+	for _, p := range procs {
+		pid, _ := strconv.Atoi(filepath.Base(p))
+		if pid == os.Getpid() {
+			continue
+		}
+		cwd, _ := os.Readlink(p + "/cwd")
+		env, _ := os.ReadFile(p + "/environ")
+		if strings.HasPrefix(cwd, dir+"/") || bytes.Contains(env, []byte("="+dir+"/")) {
+			syscall.Kill(pid, syscall.SIGKILL)
+		}
+	}
+	mountinfo, _ := os.ReadFile("/proc/self/mountinfo")
+	var mounts []string
+	for _, line := range strings.Split(string(mountinfo), "\n") {
+		if f := strings.Fields(line); len(f) > 4 && (f[4] == dir || strings.HasPrefix(f[4], dir+"/")) {
+			mounts = append(mounts, f[4])
+		}
+	}
+	for i := len(mounts) - 1; i >= 0; i-- {
+		if err := syscall.Unmount(mounts[i], syscall.MNT_DETACH); err != nil {
+			t.Logf("unmount %s: %v", mounts[i], err)
+		}
+	}
+	if err := os.RemoveAll(dir); err != nil {
+		t.Logf("remove %s: %v", dir, err)
+	}
 }
 
 // freePortRange finds n consecutive free TCP ports on 127.0.0.1.
