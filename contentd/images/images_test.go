@@ -18,11 +18,10 @@ import (
 	"google.golang.org/protobuf/types/known/fieldmaskpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/flotilla/flotilla/contentd/internal/testserver"
 	"github.com/flotilla/flotilla/contentd/metadata"
 	"github.com/flotilla/flotilla/services/namespace"
 )
-
-var namespaceOf = namespace.FromContext
 
 const (
 	mediaIndex    = "application/vnd.oci.image.index.v1+json"
@@ -36,11 +35,11 @@ var (
 	epoch2  = time.Date(2021, 1, 1, 0, 0, 0, 0, time.UTC)
 )
 
-func newClient(t *testing.T) (api.ImagesClient, *recorder) {
+func newClient(t *testing.T) (api.ImagesClient, *testserver.Recorder) {
 	t.Helper()
-	db := openDB(t, filepath.Join(t.TempDir(), "meta.db"))
-	rec := &recorder{}
-	conn := serve(t, func(s *grpc.Server) {
+	db := testserver.OpenDB(t, filepath.Join(t.TempDir(), "meta.db"))
+	rec := &testserver.Recorder{}
+	conn := testserver.Serve(t, func(s *grpc.Server) {
 		api.RegisterImagesServer(s, NewService(NewStore(db), rec, nil))
 	})
 	return api.NewImagesClient(conn), rec
@@ -101,20 +100,20 @@ func TestCreateGetDelete(t *testing.T) {
 		t.Errorf("get after delete: %v, want NotFound", err)
 	}
 
-	evs := rec.take()
-	if len(evs) != 2 || evs[0].topic != TopicCreate || evs[1].topic != TopicDelete {
+	evs := rec.Take()
+	if len(evs) != 2 || evs[0].Topic != TopicCreate || evs[1].Topic != TopicDelete {
 		t.Fatalf("published %v, want create and delete", evs)
 	}
 	for _, ev := range evs {
-		if ev.namespace != "ns1" {
-			t.Errorf("event %s in namespace %q, want ns1", ev.topic, ev.namespace)
+		if ev.Namespace != "ns1" {
+			t.Errorf("event %s in namespace %q, want ns1", ev.Topic, ev.Namespace)
 		}
 	}
-	if ev, ok := evs[0].event.(*eventsapi.ImageCreate); !ok || ev.Name != "docker.io/library/busybox:latest" || ev.Labels["k"] != "v" {
-		t.Errorf("create event = %#v", evs[0].event)
+	if ev, ok := evs[0].Event.(*eventsapi.ImageCreate); !ok || ev.Name != "docker.io/library/busybox:latest" || ev.Labels["k"] != "v" {
+		t.Errorf("create event = %#v", evs[0].Event)
 	}
-	if ev, ok := evs[1].event.(*eventsapi.ImageDelete); !ok || ev.Name != "docker.io/library/busybox:latest" {
-		t.Errorf("delete event = %#v", evs[1].event)
+	if ev, ok := evs[1].Event.(*eventsapi.ImageDelete); !ok || ev.Name != "docker.io/library/busybox:latest" {
+		t.Errorf("delete event = %#v", evs[1].Event)
 	}
 }
 
@@ -131,7 +130,7 @@ func TestErrors(t *testing.T) {
 	c, rec := newClient(t)
 	ctx := nsContext("ns")
 	mustCreate(t, c, ctx, image("taken", digestA, nil))
-	rec.take()
+	rec.Take()
 
 	for _, tc := range []struct {
 		name    string
@@ -216,7 +215,7 @@ func TestErrors(t *testing.T) {
 			}
 		})
 	}
-	if evs := rec.take(); len(evs) != 0 {
+	if evs := rec.Take(); len(evs) != 0 {
 		t.Errorf("failed calls published %v", evs)
 	}
 	got, err := c.Get(ctx, &api.GetImageRequest{Name: "taken"})
@@ -285,7 +284,7 @@ func TestUpdate(t *testing.T) {
 			c, rec := newClient(t)
 			ctx := nsContext("ns")
 			mustCreate(t, c, ctx, initial)
-			rec.take()
+			rec.Take()
 			req := &api.UpdateImageRequest{Image: update, SourceDateEpoch: timestamppb.New(epoch2)}
 			if tc.paths != nil {
 				req.UpdateMask = &fieldmaskpb.FieldMask{Paths: tc.paths}
@@ -318,18 +317,18 @@ func TestUpdate(t *testing.T) {
 			if !img.GetUpdatedAt().AsTime().Equal(wantUpdated) {
 				t.Errorf("updated = %v, want %v", img.GetUpdatedAt().AsTime(), wantUpdated)
 			}
-			evs := rec.take()
+			evs := rec.Take()
 			if tc.err != nil {
 				if len(evs) != 0 {
 					t.Errorf("failed update published %v", evs)
 				}
 				return
 			}
-			if len(evs) != 1 || evs[0].topic != TopicUpdate {
+			if len(evs) != 1 || evs[0].Topic != TopicUpdate {
 				t.Fatalf("published %v, want one %s", evs, TopicUpdate)
 			}
-			if ev, ok := evs[0].event.(*eventsapi.ImageUpdate); !ok || ev.Name != "img" || !maps.Equal(ev.Labels, tc.want.labels) {
-				t.Errorf("update event = %#v", evs[0].event)
+			if ev, ok := evs[0].Event.(*eventsapi.ImageUpdate); !ok || ev.Name != "img" || !maps.Equal(ev.Labels, tc.want.labels) {
+				t.Errorf("update event = %#v", evs[0].Event)
 			}
 		})
 	}
@@ -413,7 +412,7 @@ func TestStoreSurvivesReopen(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	s = NewStore(openDB(t, path))
+	s = NewStore(testserver.OpenDB(t, path))
 	got, err := s.Get(ctx, "kept")
 	if err != nil {
 		t.Fatal(err)

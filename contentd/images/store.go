@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"maps"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/containerd/errdefs"
@@ -213,29 +212,18 @@ func applyPaths(current, img Image, paths []string) (Image, error) {
 	updated.Labels = maps.Clone(current.Labels)
 	updated.Target.Annotations = maps.Clone(current.Target.Annotations)
 	for _, p := range paths {
-		if key, ok := strings.CutPrefix(p, "labels."); ok && key != "" {
-			if updated.Labels == nil {
-				updated.Labels = map[string]string{}
-			}
-			updated.Labels[key] = img.Labels[key]
+		var ok bool
+		if updated.Labels, ok = metadata.UpdateMapPath(updated.Labels, img.Labels, "labels", p); ok {
 			continue
 		}
-		if key, ok := strings.CutPrefix(p, "annotations."); ok && key != "" {
-			if updated.Target.Annotations == nil {
-				updated.Target.Annotations = map[string]string{}
-			}
-			updated.Target.Annotations[key] = img.Target.Annotations[key]
+		if updated.Target.Annotations, ok = metadata.UpdateMapPath(updated.Target.Annotations, img.Target.Annotations, "annotations", p); ok {
 			continue
 		}
 		switch p {
-		case "labels":
-			updated.Labels = maps.Clone(img.Labels)
 		case "target":
 			// The target is replaced as a whole: a descriptor's fields only
 			// make sense together.
 			updated.Target = img.Target
-			updated.Target.Annotations = maps.Clone(img.Target.Annotations)
-		case "annotations":
 			updated.Target.Annotations = maps.Clone(img.Target.Annotations)
 		default:
 			return Image{}, fmt.Errorf("cannot update field %q of image %q: %w", p, img.Name, errdefs.ErrInvalidArgument)
@@ -354,9 +342,9 @@ func adaptor(img Image) filters.Adaptor {
 				return strconv.FormatInt(img.Target.Size, 10), true
 			}
 		case "labels":
-			return mapField(img.Labels, path[1:])
+			return metadata.MapField(img.Labels, path[1:])
 		case "annotations":
-			return mapField(img.Target.Annotations, path[1:])
+			return metadata.MapField(img.Target.Annotations, path[1:])
 		case "created_at":
 			return img.CreatedAt.Format(time.RFC3339Nano), len(path) == 1
 		case "updated_at":
@@ -364,13 +352,4 @@ func adaptor(img Image) filters.Adaptor {
 		}
 		return "", false
 	})
-}
-
-// mapField reads key path (joined with '.', so labels.a.b reads "a.b") from m.
-func mapField(m map[string]string, path []string) (string, bool) {
-	if len(path) == 0 {
-		return "", false
-	}
-	v, ok := m[strings.Join(path, ".")]
-	return v, ok
 }

@@ -14,6 +14,7 @@ import (
 	digest "github.com/opencontainers/go-digest"
 	"google.golang.org/grpc"
 
+	"github.com/flotilla/flotilla/contentd/internal/testserver"
 	"github.com/flotilla/flotilla/contentd/metadata"
 	"github.com/flotilla/flotilla/services/namespace"
 )
@@ -22,8 +23,8 @@ var blob = digest.FromString("blob")
 
 func newClient(t *testing.T) api.LeasesClient {
 	t.Helper()
-	db := openDB(t, filepath.Join(t.TempDir(), "meta.db"))
-	conn := serve(t, func(s *grpc.Server) {
+	db := testserver.OpenDB(t, filepath.Join(t.TempDir(), "meta.db"))
+	conn := testserver.Serve(t, func(s *grpc.Server) {
 		api.RegisterLeasesServer(s, NewService(NewStore(db)))
 	})
 	return api.NewLeasesClient(conn)
@@ -228,7 +229,7 @@ func TestResources(t *testing.T) {
 }
 
 func TestDeleteExpired(t *testing.T) {
-	db := openDB(t, filepath.Join(t.TempDir(), "meta.db"))
+	db := testserver.OpenDB(t, filepath.Join(t.TempDir(), "meta.db"))
 	s := NewStore(db)
 	now := time.Now()
 	past := now.Add(-time.Minute).UTC().Format(time.RFC3339)
@@ -283,7 +284,7 @@ func TestStoreSurvivesReopen(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	s = NewStore(openDB(t, path))
+	s = NewStore(testserver.OpenDB(t, path))
 	list, err := s.List(ctx)
 	if err != nil || len(list) != 1 {
 		t.Fatalf("after reopen: %v, %v", list, err)

@@ -332,11 +332,7 @@ func adaptor(l Lease) filters.Adaptor {
 		case "created_at":
 			return l.CreatedAt.Format(time.RFC3339Nano), len(path) == 1
 		case "labels":
-			if len(path) < 2 {
-				return "", false
-			}
-			v, ok := l.Labels[strings.Join(path[1:], ".")]
-			return v, ok
+			return metadata.MapField(l.Labels, path[1:])
 		}
 		return "", false
 	})

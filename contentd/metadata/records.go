@@ -2,7 +2,9 @@ package metadata
 
 import (
 	"fmt"
+	"maps"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/containerd/errdefs"
@@ -63,6 +65,43 @@ func WriteLabels(parent *bolt.Bucket, name []byte, labels map[string]string) err
 		}
 	}
 	return nil
+}
+
+// UpdateMapPath applies one path of an update mask to a record's map field
+// named field ("labels", "annotations"), the way containerd's stores do:
+// path field replaces m by a copy of from; path field.KEY (KEY not empty)
+// sets m[KEY] to from[KEY], or deletes KEY when from has it empty or not at
+// all — an empty value means absent. m may be nil and may be changed in
+// place, so pass a copy. It reports whether path addresses field; when it
+// does not, m is returned as it was.
+func UpdateMapPath(m, from map[string]string, field, path string) (map[string]string, bool) {
+	if path == field {
+		return maps.Clone(from), true
+	}
+	key, ok := strings.CutPrefix(path, field+".")
+	if !ok || key == "" {
+		return m, false
+	}
+	if v := from[key]; v != "" {
+		if m == nil {
+			m = map[string]string{}
+		}
+		m[key] = v
+	} else {
+		delete(m, key)
+	}
+	return m, true
+}
+
+// MapField is a filter adaptor's lookup of a map field's KEY, addressed as
+// FIELD.KEY: path is what follows FIELD, joined back with '.' so that an
+// unquoted labels.a.b reads key "a.b". An empty path matches nothing.
+func MapField(m map[string]string, path []string) (string, bool) {
+	if len(path) == 0 {
+		return "", false
+	}
+	v, ok := m[strings.Join(path, ".")]
+	return v, ok
 }
 
 // PutTime stores t under key in b.

@@ -122,3 +122,47 @@ func open(t *testing.T) *bolt.DB {
 	t.Cleanup(func() { db.Close() })
 	return db
 }
+
+func TestUpdateMapPath(t *testing.T) {
+	from := map[string]string{"a": "new", "empty": ""}
+	for _, tc := range []struct {
+		name    string
+		m       map[string]string
+		path    string
+		want    map[string]string
+		handled bool
+	}{
+		{"the field replaces the map with a copy of the new one", map[string]string{"x": "1"}, "labels", from, true},
+		{"field.KEY sets the key", map[string]string{"x": "1"}, "labels.a", map[string]string{"x": "1", "a": "new"}, true},
+		{"field.KEY on a nil map makes one", nil, "labels.a", map[string]string{"a": "new"}, true},
+		{"field.KEY with an empty new value deletes the key", map[string]string{"empty": "1"}, "labels.empty", map[string]string{}, true},
+		{"field.KEY absent from the new map deletes the key", map[string]string{"gone": "1"}, "labels.gone", map[string]string{}, true},
+		{"field. with no key is not the field's", map[string]string{"x": "1"}, "labels.", map[string]string{"x": "1"}, false},
+		{"another field is not handled", map[string]string{"x": "1"}, "target", map[string]string{"x": "1"}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, handled := UpdateMapPath(tc.m, from, "labels", tc.path)
+			if handled != tc.handled || !maps.Equal(got, tc.want) {
+				t.Errorf("got %v, %v; want %v, %v", got, handled, tc.want, tc.handled)
+			}
+		})
+	}
+}
+
+func TestMapFieldJoinsKeysWithDots(t *testing.T) {
+	m := map[string]string{"a.b": "1", "c": "2"}
+	for _, tc := range []struct {
+		path []string
+		want string
+		ok   bool
+	}{
+		{[]string{"a", "b"}, "1", true},
+		{[]string{"c"}, "2", true},
+		{[]string{"d"}, "", false},
+		{nil, "", false},
+	} {
+		if v, ok := MapField(m, tc.path); v != tc.want || ok != tc.ok {
+			t.Errorf("MapField(%v) = %q, %v; want %q, %v", tc.path, v, ok, tc.want, tc.ok)
+		}
+	}
+}

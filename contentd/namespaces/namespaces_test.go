@@ -15,19 +15,18 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/protobuf/types/known/fieldmaskpb"
 
+	"github.com/flotilla/flotilla/contentd/internal/testserver"
 	"github.com/flotilla/flotilla/contentd/metadata"
 	"github.com/flotilla/flotilla/services/namespace"
 )
 
-var namespaceOf = namespace.FromContext
-
 // newClient serves a fresh database and returns a client, the database and
 // the events published.
-func newClient(t *testing.T) (api.NamespacesClient, *bolt.DB, *recorder) {
+func newClient(t *testing.T) (api.NamespacesClient, *bolt.DB, *testserver.Recorder) {
 	t.Helper()
-	db := openDB(t, filepath.Join(t.TempDir(), "meta.db"))
-	rec := &recorder{}
-	conn := serve(t, func(s *grpc.Server) {
+	db := testserver.OpenDB(t, filepath.Join(t.TempDir(), "meta.db"))
+	rec := &testserver.Recorder{}
+	conn := testserver.Serve(t, func(s *grpc.Server) {
 		api.RegisterNamespacesServer(s, NewService(NewStore(db), rec, nil))
 	})
 	return api.NewNamespacesClient(conn), db, rec
@@ -73,7 +72,7 @@ func TestCreateGetListDelete(t *testing.T) {
 		t.Fatalf("get after delete: %v, want NotFound", err)
 	}
 
-	evs := rec.take()
+	evs := rec.Take()
 	want := []struct{ ns, topic string }{
 		{"default", TopicCreate}, {"bar", TopicCreate}, {"default", TopicDelete},
 	}
@@ -81,15 +80,15 @@ func TestCreateGetListDelete(t *testing.T) {
 		t.Fatalf("published %d events, want %d: %v", len(evs), len(want), evs)
 	}
 	for i, w := range want {
-		if evs[i].namespace != w.ns || evs[i].topic != w.topic {
-			t.Errorf("event %d: %s in %q, want %s in %q", i, evs[i].topic, evs[i].namespace, w.topic, w.ns)
+		if evs[i].Namespace != w.ns || evs[i].Topic != w.topic {
+			t.Errorf("event %d: %s in %q, want %s in %q", i, evs[i].Topic, evs[i].Namespace, w.topic, w.ns)
 		}
 	}
-	if ev, ok := evs[0].event.(*eventsapi.NamespaceCreate); !ok || ev.Name != "foo" || ev.Labels["a"] != "b" {
-		t.Errorf("create event = %#v", evs[0].event)
+	if ev, ok := evs[0].Event.(*eventsapi.NamespaceCreate); !ok || ev.Name != "foo" || ev.Labels["a"] != "b" {
+		t.Errorf("create event = %#v", evs[0].Event)
 	}
-	if ev, ok := evs[2].event.(*eventsapi.NamespaceDelete); !ok || ev.Name != "foo" {
-		t.Errorf("delete event = %#v", evs[2].event)
+	if ev, ok := evs[2].Event.(*eventsapi.NamespaceDelete); !ok || ev.Name != "foo" {
+		t.Errorf("delete event = %#v", evs[2].Event)
 	}
 }
 
@@ -114,7 +113,7 @@ func TestErrors(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	rec.take()
+	rec.Take()
 
 	for _, tc := range []struct {
 		name    string
@@ -178,7 +177,7 @@ func TestErrors(t *testing.T) {
 			}
 		})
 	}
-	if evs := rec.take(); len(evs) != 0 {
+	if evs := rec.Take(); len(evs) != 0 {
 		t.Errorf("failed calls published %v", evs)
 	}
 	if _, err := c.Get(ctx, &api.GetNamespaceRequest{Name: "busy"}); err != nil {
@@ -210,7 +209,7 @@ func TestUpdate(t *testing.T) {
 			c, _, rec := newClient(t)
 			ctx := context.Background()
 			create(t, c, "ns", initial)
-			rec.take()
+			rec.Take()
 			req := &api.UpdateNamespaceRequest{Namespace: &api.Namespace{Name: "ns", Labels: tc.labels}}
 			if tc.paths != nil {
 				req.UpdateMask = &fieldmaskpb.FieldMask{Paths: tc.paths}
@@ -232,18 +231,18 @@ func TestUpdate(t *testing.T) {
 			if labels := got.GetNamespace().GetLabels(); !maps.Equal(labels, tc.want) && !(len(labels) == 0 && len(tc.want) == 0) {
 				t.Errorf("stored labels %v, want %v", labels, tc.want)
 			}
-			evs := rec.take()
+			evs := rec.Take()
 			if tc.err != nil {
 				if len(evs) != 0 {
 					t.Errorf("failed update published %v", evs)
 				}
 				return
 			}
-			if len(evs) != 1 || evs[0].topic != TopicUpdate {
+			if len(evs) != 1 || evs[0].Topic != TopicUpdate {
 				t.Fatalf("published %v, want one %s", evs, TopicUpdate)
 			}
-			if ev, ok := evs[0].event.(*eventsapi.NamespaceUpdate); !ok || ev.Name != "ns" || !maps.Equal(ev.Labels, tc.want) {
-				t.Errorf("update event = %#v", evs[0].event)
+			if ev, ok := evs[0].Event.(*eventsapi.NamespaceUpdate); !ok || ev.Name != "ns" || !maps.Equal(ev.Labels, tc.want) {
+				t.Errorf("update event = %#v", evs[0].Event)
 			}
 		})
 	}
@@ -297,7 +296,7 @@ func TestStoreSurvivesReopen(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	s = NewStore(openDB(t, path))
+	s = NewStore(testserver.OpenDB(t, path))
 	got, err := s.Get("kept")
 	if err != nil || !maps.Equal(got.Labels, map[string]string{"a": "b"}) {
 		t.Fatalf("after reopen: %v, %v", got, err)
@@ -308,7 +307,7 @@ func TestStoreSurvivesReopen(t *testing.T) {
 }
 
 func TestNamespaceMadeByAnotherStoreIsListed(t *testing.T) {
-	db := openDB(t, filepath.Join(t.TempDir(), "meta.db"))
+	db := testserver.OpenDB(t, filepath.Join(t.TempDir(), "meta.db"))
 	if err := db.Update(func(tx *bolt.Tx) error {
 		_, err := metadata.CreateStoreBucket(tx, "implicit", metadata.BucketImages)
 		return err

@@ -146,24 +146,9 @@ func applyPaths(current map[string]string, ns Namespace, paths []string) (map[st
 		return ns.Labels, nil
 	}
 	labels := maps.Clone(current)
-	if labels == nil {
-		labels = map[string]string{}
-	}
 	for _, p := range paths {
-		switch {
-		case p == "labels":
-			labels = maps.Clone(ns.Labels)
-			if labels == nil {
-				labels = map[string]string{}
-			}
-		case strings.HasPrefix(p, "labels.") && len(p) > len("labels."):
-			key := strings.TrimPrefix(p, "labels.")
-			if v := ns.Labels[key]; v != "" {
-				labels[key] = v
-			} else {
-				delete(labels, key)
-			}
-		default:
+		var ok bool
+		if labels, ok = metadata.UpdateMapPath(labels, ns.Labels, "labels", p); !ok {
 			return nil, fmt.Errorf("cannot update field %q of namespace %q: %w", p, ns.Name, errdefs.ErrInvalidArgument)
 		}
 	}
@@ -213,8 +198,7 @@ func adaptor(ns Namespace) filters.Adaptor {
 		case len(path) == 1 && path[0] == "name":
 			return ns.Name, true
 		case len(path) > 1 && path[0] == "labels":
-			v, ok := ns.Labels[strings.Join(path[1:], ".")]
-			return v, ok
+			return metadata.MapField(ns.Labels, path[1:])
 		}
 		return "", false
 	})

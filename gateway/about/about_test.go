@@ -27,6 +27,7 @@ import (
 
 	"github.com/flotilla/flotilla/gateway/about"
 	"github.com/flotilla/flotilla/gateway/backend"
+	"github.com/flotilla/flotilla/gateway/internal/sockdir"
 )
 
 var discard = slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -64,11 +65,7 @@ type fixture struct {
 
 func newFixture(t *testing.T) *fixture {
 	t.Helper()
-	dir, err := os.MkdirTemp("", "gw")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
+	dir := sockdir.New(t)
 	f := &fixture{
 		dir:         dir,
 		contentAddr: filepath.Join(dir, "contentd.sock"),

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"net"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -16,20 +15,11 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/flotilla/flotilla/gateway/backend"
+	"github.com/flotilla/flotilla/gateway/internal/sockdir"
 )
 
-func shortDir(t *testing.T) string {
-	t.Helper()
-	dir, err := os.MkdirTemp("", "gw")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	return dir
-}
-
 func TestReady(t *testing.T) {
-	dir := shortDir(t)
+	dir := sockdir.New(t)
 	sock := filepath.Join(dir, "taskd.sock")
 	b, err := backend.Dial("taskd", sock, []string{"tasks"})
 	if err != nil {

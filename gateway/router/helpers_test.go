@@ -22,20 +22,9 @@ import (
 	"github.com/flotilla/flotilla/services/server"
 
 	"github.com/flotilla/flotilla/gateway/backend"
+	"github.com/flotilla/flotilla/gateway/internal/sockdir"
 	"github.com/flotilla/flotilla/gateway/router"
 )
-
-// socketDir returns a short temporary directory for unix sockets, whose
-// paths must stay under 108 bytes (t.TempDir's often do not).
-func socketDir(tb testing.TB) string {
-	tb.Helper()
-	dir, err := os.MkdirTemp("", "gw")
-	if err != nil {
-		tb.Fatal(err)
-	}
-	tb.Cleanup(func() { os.RemoveAll(dir) })
-	return dir
-}
 
 // serve runs a kit server named name on addr until the returned stop is
 // called (or the test ends), once register has added its services.
@@ -175,7 +164,7 @@ type stack struct {
 
 func newStack(tb testing.TB) *stack {
 	tb.Helper()
-	dir := socketDir(tb)
+	dir := sockdir.New(tb)
 	s := &stack{
 		backendAddr: filepath.Join(dir, "contentd.sock"),
 		gatewayAddr: filepath.Join(dir, "flotilla.sock"),

@@ -104,13 +104,14 @@ func (d *Differ) Apply(ctx context.Context, desc ocispec.Descriptor, mounts []*t
 
 	var applied ocispec.Descriptor
 	err = onMounts(ctx, mounts, func(root string, overlay bool) error {
-		raw := &digestReader{r: bufio.NewReaderSize(io.NewSectionReader(ra, 0, ra.Size()), 1<<20), d: desc.Digest.Algorithm().Digester()}
+		raw := &digestReader{r: bufio.NewReaderSize(io.NewSectionReader(ra, 0, ra.Size()), 1<<20),
+			digestCount: digestCount{d: desc.Digest.Algorithm().Digester()}}
 		rc, got, err := compression.Decompress(raw, want)
 		if err != nil {
 			return archive.Classify(err)
 		}
 		defer rc.Close()
-		tarStream := &digestReader{r: rc, d: digest.SHA256.Digester()}
+		tarStream := &digestReader{r: rc, digestCount: digestCount{d: digest.SHA256.Digester()}}
 		aopts := []archive.ApplyOption{archive.WithMaxFileSize(d.maxFileSize)}
 		if overlay {
 			aopts = append(aopts, archive.WithOverlayWhiteouts())
@@ -149,16 +150,26 @@ func (d *Differ) Apply(ctx context.Context, desc ocispec.Descriptor, mounts []*t
 	return applied, nil
 }
 
-type digestReader struct {
-	r io.Reader
+// digestCount is the digest and the count of the bytes that have passed
+// through a digestReader or a digestWriter.
+type digestCount struct {
 	d digest.Digester
 	n int64
 }
 
+func (c *digestCount) add(p []byte) {
+	c.d.Hash().Write(p)
+	c.n += int64(len(p))
+}
+
+type digestReader struct {
+	r io.Reader
+	digestCount
+}
+
 func (r *digestReader) Read(p []byte) (int, error) {
 	n, err := r.r.Read(p)
-	r.d.Hash().Write(p[:n])
-	r.n += int64(n)
+	r.add(p[:n])
 	return n, err
 }
 
@@ -280,12 +291,12 @@ func (d *Differ) writeLayer(ctx context.Context, cfg compareConfig, comp compres
 	}
 	defer w.Close()
 	bw := bufio.NewWriterSize(w, 1<<20)
-	compressed := &digestWriter{w: bw, d: digest.SHA256.Digester()}
+	compressed := &digestWriter{w: bw, digestCount: digestCount{d: digest.SHA256.Digester()}}
 	zw, err := compression.Compress(compressed, comp)
 	if err != nil {
 		return ocispec.Descriptor{}, fmt.Errorf("compress layer: %w", err)
 	}
-	uncompressed := &digestWriter{w: zw, d: digest.SHA256.Digester()}
+	uncompressed := &digestWriter{w: zw, digestCount: digestCount{d: digest.SHA256.Digester()}}
 	if err := fill(uncompressed); err != nil {
 		return ocispec.Descriptor{}, err
 	}
@@ -311,14 +322,12 @@ func (d *Differ) writeLayer(ctx context.Context, cfg compareConfig, comp compres
 
 type digestWriter struct {
 	w io.Writer
-	d digest.Digester
-	n int64
+	digestCount
 }
 
 func (w *digestWriter) Write(p []byte) (int, error) {
 	n, err := w.w.Write(p)
-	w.d.Hash().Write(p[:n])
-	w.n += int64(n)
+	w.add(p[:n])
 	return n, err
 }
 

@@ -27,6 +27,19 @@ import (
 // find the snapshots that were there.
 type NewFunc func(t testing.TB, root string) snapshotter.Snapshotter
 
+// InProcess is the NewFunc of a backend that open opens in the test's
+// process; it fails t if open does and closes the backend when t ends.
+func InProcess[S snapshotter.Snapshotter](open func(root string) (S, error)) NewFunc {
+	return func(t testing.TB, root string) snapshotter.Snapshotter {
+		s, err := open(root)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { s.Close() })
+		return s
+	}
+}
+
 type testCase struct {
 	name string
 	root bool // mounts, so needs root

@@ -21,21 +21,10 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/protobuf/types/known/emptypb"
 
+	"github.com/flotilla/flotilla/contentd/internal/testserver"
 	"github.com/flotilla/flotilla/services/daemon"
-	"github.com/flotilla/flotilla/services/dial"
 	"github.com/flotilla/flotilla/services/namespace"
 )
-
-// shortDir returns a directory whose paths fit a unix socket's 108 bytes.
-func shortDir(t *testing.T) string {
-	t.Helper()
-	dir, err := os.MkdirTemp("", "cd")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	return dir
-}
 
 // start runs contentd with args and returns its socket and a function that
 // stops it and waits until it has.
@@ -79,20 +68,10 @@ func waitSocket(t *testing.T, sock string, done <-chan error) {
 	t.Fatalf("nothing serves on %s", sock)
 }
 
-func connect(t *testing.T, sock string) *grpc.ClientConn {
-	t.Helper()
-	conn, err := dial.Dial(sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
-	return conn
-}
-
 func TestServesItsServicesAndKeepsDataAcrossRestarts(t *testing.T) {
-	dir := shortDir(t)
+	dir := testserver.ShortDir(t)
 	sock, stop := start(t, dir)
-	conn := connect(t, sock)
+	conn := testserver.Dial(t, sock)
 	ctx := context.Background()
 
 	plugins, err := introspection.NewIntrospectionClient(conn).Plugins(ctx, &introspection.PluginsRequest{})
@@ -122,7 +101,7 @@ func TestServesItsServicesAndKeepsDataAcrossRestarts(t *testing.T) {
 
 	// A second run opens the same database, which the first closed on stop.
 	sock, _ = start(t, dir)
-	got, err := namespacesapi.NewNamespacesClient(connect(t, sock)).Get(ctx, &namespacesapi.GetNamespaceRequest{Name: "kept"})
+	got, err := namespacesapi.NewNamespacesClient(testserver.Dial(t, sock)).Get(ctx, &namespacesapi.GetNamespaceRequest{Name: "kept"})
 	if err != nil || got.GetNamespace().GetLabels()["a"] != "b" {
 		t.Fatalf("after restart: %v, %v", got, err)
 	}
@@ -149,7 +128,7 @@ func (f *fakeEventd) envelopes() []*types.Envelope {
 }
 
 func TestPublishesEventsToEventd(t *testing.T) {
-	dir := shortDir(t)
+	dir := testserver.ShortDir(t)
 	evSock := filepath.Join(dir, "eventd.sock")
 	l, err := net.Listen("unix", evSock)
 	if err != nil {
@@ -162,7 +141,7 @@ func TestPublishesEventsToEventd(t *testing.T) {
 	t.Cleanup(gs.Stop)
 
 	sock, stop := start(t, dir, "--eventd", evSock)
-	ns := namespacesapi.NewNamespacesClient(connect(t, sock))
+	ns := namespacesapi.NewNamespacesClient(testserver.Dial(t, sock))
 	if _, err := ns.Create(context.Background(), &namespacesapi.CreateNamespaceRequest{
 		Namespace: &namespacesapi.Namespace{Name: "evns"},
 	}); err != nil {
@@ -223,7 +202,7 @@ func runCtr(t *testing.T, sock string, steps []ctrStep) {
 
 // TestCtr drives contentd's namespaces and leases with ctr, as a user would.
 func TestCtr(t *testing.T) {
-	sock, _ := start(t, shortDir(t))
+	sock, _ := start(t, testserver.ShortDir(t))
 	runCtr(t, sock, []ctrStep{
 		{"namespaces create makes a namespace", []string{"namespaces", "create", "foo"}, false, "", ""},
 		{"namespaces create of an existing one fails", []string{"namespaces", "create", "foo"}, true, "already exists", ""},
@@ -247,11 +226,11 @@ func TestCtr(t *testing.T) {
 // TestCtrImages drives the images service with ctr on an image record made
 // through the API (pulling needs the content service).
 func TestCtrImages(t *testing.T) {
-	sock, _ := start(t, shortDir(t))
+	sock, _ := start(t, testserver.ShortDir(t))
 	ctx := namespace.WithNamespace(context.Background(), "imgs")
 	target := &types.Descriptor{MediaType: "application/vnd.oci.image.manifest.v1+json",
 		Digest: "sha256:" + strings.Repeat("ab", 32), Size: 123}
-	if _, err := imagesapi.NewImagesClient(connect(t, sock)).Create(ctx, &imagesapi.CreateImageRequest{
+	if _, err := imagesapi.NewImagesClient(testserver.Dial(t, sock)).Create(ctx, &imagesapi.CreateImageRequest{
 		Image: &imagesapi.Image{Name: "example.com/app:1", Target: target},
 	}); err != nil {
 		t.Fatal(err)

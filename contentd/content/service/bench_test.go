@@ -16,6 +16,7 @@ import (
 	api "github.com/containerd/containerd/api/services/content/v1"
 	"github.com/opencontainers/go-digest"
 
+	"github.com/flotilla/flotilla/contentd/internal/testserver"
 	"github.com/flotilla/flotilla/services/namespace"
 )
 
@@ -39,7 +40,7 @@ func benchSize(b *testing.B) int64 {
 // ratio of the two, and the server's peak RSS.
 func BenchmarkIngest(b *testing.B) {
 	size := benchSize(b)
-	dir := shortDir(b)
+	dir := testserver.ShortDir(b)
 	file := filepath.Join(dir, "blob")
 	writeRandomFile(b, file, size)
 

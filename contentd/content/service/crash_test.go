@@ -18,6 +18,7 @@ import (
 	api "github.com/containerd/containerd/api/services/content/v1"
 	"github.com/opencontainers/go-digest"
 
+	"github.com/flotilla/flotilla/contentd/internal/testserver"
 	"github.com/flotilla/flotilla/services/namespace"
 )
 
@@ -26,7 +27,7 @@ import (
 // root and checks that every visible blob verifies, no partial blob shows,
 // and each interrupted ingest resumes from the offset STAT returns.
 func TestKillDuringConcurrentIngests(t *testing.T) {
-	dir := shortDir(t)
+	dir := testserver.ShortDir(t)
 	root, sock := filepath.Join(dir, "root"), filepath.Join(dir, "c.sock")
 	p := startProcess(t, root, sock)
 	ctx := namespace.WithNamespace(context.Background(), "crash")

@@ -6,12 +6,10 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -23,6 +21,7 @@ import (
 
 	"github.com/flotilla/flotilla/contentd/content/store"
 	"github.com/flotilla/flotilla/contentd/images"
+	"github.com/flotilla/flotilla/contentd/internal/testserver"
 	"github.com/flotilla/flotilla/contentd/leases"
 	"github.com/flotilla/flotilla/contentd/metadata"
 	"github.com/flotilla/flotilla/services/config"
@@ -69,32 +68,6 @@ func run(ctx context.Context, root, sock string, pub events.Publisher) error {
 	return srv.Run(ctx)
 }
 
-// shortDir is a temporary directory short enough for a unix socket path.
-func shortDir(t testing.TB) string {
-	t.Helper()
-	dir, err := os.MkdirTemp("", "cnt")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	return dir
-}
-
-func waitForSocket(t testing.TB, sock string) {
-	t.Helper()
-	for i := 0; ; i++ {
-		c, err := net.Dial("unix", sock)
-		if err == nil {
-			c.Close()
-			return
-		}
-		if i == 500 {
-			t.Fatalf("nothing serves on %s: %v", sock, err)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 // connect is a client of sock that sends the namespace and lease of its
 // context and gets errdefs kinds back, io.EOF included.
 //
@@ -139,14 +112,14 @@ func (s nativeStream) RecvMsg(m any) error {
 // testServer is a content server running in the test process.
 type testServer struct {
 	sock string
-	pub  *recorder
+	pub  *testserver.Recorder
 	conn *grpc.ClientConn
 }
 
 func serveInProcess(t testing.TB) *testServer {
 	t.Helper()
-	dir := shortDir(t)
-	ts := &testServer{sock: filepath.Join(dir, "c.sock"), pub: &recorder{}}
+	dir := testserver.ShortDir(t)
+	ts := &testServer{sock: filepath.Join(dir, "c.sock"), pub: &testserver.Recorder{}}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- run(ctx, filepath.Join(dir, "root"), ts.sock, ts.pub) }()
@@ -156,7 +129,7 @@ func serveInProcess(t testing.TB) *testServer {
 			t.Errorf("server: %v", err)
 		}
 	})
-	waitForSocket(t, ts.sock)
+	testserver.WaitForSocket(t, ts.sock)
 	ts.conn = connect(t, ts.sock)
 	return ts
 }
@@ -179,7 +152,7 @@ func startProcess(t testing.TB, root, sock string) *process {
 	}
 	p := &process{root: root, sock: sock, cmd: cmd}
 	t.Cleanup(p.kill)
-	waitForSocket(t, sock)
+	testserver.WaitForSocket(t, sock)
 	return p
 }
 
@@ -207,30 +180,4 @@ func (p *process) peakRSS() (int64, error) {
 		}
 	}
 	return 0, fmt.Errorf("no VmHWM in /proc/%d/status", p.cmd.Process.Pid)
-}
-
-type published struct {
-	topic string
-	event any
-}
-
-// recorder is a Publisher that remembers what it was given.
-type recorder struct {
-	mu     sync.Mutex
-	events []published
-}
-
-func (r *recorder) Publish(_ context.Context, topic string, event any) error {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.events = append(r.events, published{topic, event})
-	return nil
-}
-
-func (r *recorder) take() []published {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	out := r.events
-	r.events = nil
-	return out
 }

@@ -149,21 +149,21 @@ func TestManage(t *testing.T) {
 		}
 	})
 	t.Run("Delete removes the blob and publishes /content/delete", func(t *testing.T) {
-		ts.pub.take()
+		ts.pub.Take()
 		if _, err := client.Delete(ctx, &api.DeleteContentRequest{Digest: a.String()}); err != nil {
 			t.Fatal(err)
 		}
 		if _, err := client.Info(ctx, &api.InfoRequest{Digest: a.String()}); !errdefs.IsNotFound(err) {
 			t.Fatalf("Info after Delete: %v", err)
 		}
-		evs := ts.pub.take()
-		if len(evs) != 1 || evs[0].topic != "/content/delete" || evs[0].event.(*eventsapi.ContentDelete).Digest != a.String() {
+		evs := ts.pub.Take()
+		if len(evs) != 1 || evs[0].Topic != "/content/delete" || evs[0].Event.(*eventsapi.ContentDelete).Digest != a.String() {
 			t.Fatalf("events %v", evs)
 		}
 		if _, err := client.Delete(ctx, &api.DeleteContentRequest{Digest: a.String()}); !errdefs.IsNotFound(err) {
 			t.Fatalf("second Delete: %v", err)
 		}
-		if evs := ts.pub.take(); len(evs) != 0 {
+		if evs := ts.pub.Take(); len(evs) != 0 {
 			t.Fatalf("a failed delete published %v", evs)
 		}
 	})

@@ -37,12 +37,29 @@ func newSnapshottersCommand() *cobra.Command {
 		defer cancel()
 		return fn(ctx, snapshotterv1.NewSnapshottersClient(conn))
 	}
-	absolute := func(path string) (string, error) {
-		p, err := filepath.Abs(path)
-		if err != nil {
-			return "", fmt.Errorf("plugin path %q: %w", path, err)
+	// namePathCommand is a subcommand taking NAME and PATH that sends NAME
+	// and PATH made absolute through call, then prints the snapshotter it
+	// answers.
+	namePathCommand := func(use, short string,
+		call func(ctx context.Context, c snapshotterv1.SnapshottersClient, name, path string) (*snapshotterv1.Snapshotter, error)) *cobra.Command {
+		return &cobra.Command{
+			Use:   use,
+			Short: short,
+			Args:  cobra.ExactArgs(2),
+			RunE: func(cmd *cobra.Command, args []string) error {
+				path, err := filepath.Abs(args[1])
+				if err != nil {
+					return fmt.Errorf("plugin path %q: %w", args[1], err)
+				}
+				return run(cmd, func(ctx context.Context, c snapshotterv1.SnapshottersClient) error {
+					sn, err := call(ctx, c, args[0], path)
+					if err != nil {
+						return err
+					}
+					return printSnapshotters(cmd.OutOrStdout(), sn)
+				})
+			},
 		}
-		return p, nil
 	}
 
 	var force bool
@@ -77,41 +94,19 @@ func newSnapshottersCommand() *cobra.Command {
 				return printSnapshotters(cmd.OutOrStdout(), resp.Snapshotters...)
 			})
 		},
-	}, &cobra.Command{
-		Use:   "add NAME PATH",
-		Short: "Start the plugin executable at PATH as snapshotter NAME (ctr --snapshotter NAME ...)",
-		Args:  cobra.ExactArgs(2),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			path, err := absolute(args[1])
-			if err != nil {
-				return err
-			}
-			return run(cmd, func(ctx context.Context, c snapshotterv1.SnapshottersClient) error {
-				resp, err := c.Add(ctx, &snapshotterv1.AddSnapshotterRequest{Name: args[0], Path: path})
-				if err != nil {
-					return err
-				}
-				return printSnapshotters(cmd.OutOrStdout(), resp.Snapshotter)
-			})
+	}, namePathCommand("add NAME PATH",
+		"Start the plugin executable at PATH as snapshotter NAME (ctr --snapshotter NAME ...)",
+		func(ctx context.Context, c snapshotterv1.SnapshottersClient, name, path string) (*snapshotterv1.Snapshotter, error) {
+			resp, err := c.Add(ctx, &snapshotterv1.AddSnapshotterRequest{Name: name, Path: path})
+			return resp.GetSnapshotter(), err
 		},
-	}, &cobra.Command{
-		Use:   "replace NAME PATH",
-		Short: "Replace snapshotter NAME's executable with PATH; the new process takes over its data, mounts stay",
-		Args:  cobra.ExactArgs(2),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			path, err := absolute(args[1])
-			if err != nil {
-				return err
-			}
-			return run(cmd, func(ctx context.Context, c snapshotterv1.SnapshottersClient) error {
-				resp, err := c.Replace(ctx, &snapshotterv1.ReplaceSnapshotterRequest{Name: args[0], Path: path})
-				if err != nil {
-					return err
-				}
-				return printSnapshotters(cmd.OutOrStdout(), resp.Snapshotter)
-			})
+	), namePathCommand("replace NAME PATH",
+		"Replace snapshotter NAME's executable with PATH; the new process takes over its data, mounts stay",
+		func(ctx context.Context, c snapshotterv1.SnapshottersClient, name, path string) (*snapshotterv1.Snapshotter, error) {
+			resp, err := c.Replace(ctx, &snapshotterv1.ReplaceSnapshotterRequest{Name: name, Path: path})
+			return resp.GetSnapshotter(), err
 		},
-	}, remove)
+	), remove)
 	return cmd
 }
 

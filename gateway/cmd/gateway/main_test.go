@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/emptypb"
 
+	"github.com/flotilla/flotilla/gateway/internal/sockdir"
 	gatewayv1 "github.com/flotilla/flotilla/proto/gateway/v1"
 	"github.com/flotilla/flotilla/services/daemon"
 	"github.com/flotilla/flotilla/services/dial"
@@ -58,18 +59,8 @@ func runGateway(t *testing.T, dir string, args ...string) *grpc.ClientConn {
 	return conn
 }
 
-func shortDir(t *testing.T) string {
-	t.Helper()
-	dir, err := os.MkdirTemp("", "gw")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	return dir
-}
-
 func TestGatewayWithNoBackends(t *testing.T) {
-	dir := shortDir(t)
+	dir := sockdir.New(t)
 	t.Setenv("FLOTILLA_STATE", dir)
 	conn := runGateway(t, dir)
 	ctx := context.Background()
@@ -112,7 +103,7 @@ func TestGatewayWithNoBackends(t *testing.T) {
 }
 
 func TestBackendAddresses(t *testing.T) {
-	dir := shortDir(t)
+	dir := sockdir.New(t)
 	cfgFile := filepath.Join(dir, "gateway.toml")
 	if err := os.WriteFile(cfgFile, []byte("contentd = \"tcp://127.0.0.1:1\"\neventd = \"unix:///from/config/eventd.sock\"\n"), 0o644); err != nil {
 		t.Fatal(err)
