@@ -40,6 +40,9 @@ type Layout struct {
 	RedisURL string
 	// LogLevel is passed to every daemon.
 	LogLevel string
+	// ExtraArgs, keyed by daemon name, are flags appended to that daemon's
+	// command line (e.g. "taskd": {"--config", "taskd.toml"}).
+	ExtraArgs map[string][]string
 }
 
 // DefaultLayout reads the layout from the environment: FLOTILLA_ROOT,
@@ -112,6 +115,7 @@ func (l Layout) Services() []Service {
 		default:
 			s.Args = append(s.Args, "--eventd", l.socket("eventd"))
 		}
+		s.Args = append(s.Args, l.ExtraArgs[name]...)
 		out = append(out, s)
 	}
 	return out

@@ -38,8 +38,8 @@ func PrepareSpec(spec []byte, haveMounts bool) ([]byte, error) {
 	if err := json.Unmarshal(spec, &s); err != nil {
 		return nil, fmt.Errorf("spec is not an OCI runtime spec in JSON: %v: %w", err, errdefs.ErrInvalidArgument)
 	}
-	if s.Process == nil && haveMounts {
-		return nil, fmt.Errorf("spec has no process: %w", errdefs.ErrInvalidArgument)
+	if s.Process == nil || len(s.Process.Args) == 0 && s.Process.CommandLine == "" {
+		return nil, fmt.Errorf("spec has no process to run: %w", errdefs.ErrInvalidArgument)
 	}
 	if !haveMounts {
 		root := ""

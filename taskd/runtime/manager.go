@@ -108,6 +108,24 @@ func (m *Manager) Create(ctx context.Context, opts CreateOpts) (_ *Task, retErr 
 	if err := identifiers.Validate(opts.ID); err != nil {
 		return nil, fmt.Errorf("container id: %w", err)
 	}
+	// A container has one task: a second Create is AlreadyExists, whatever
+	// else is wrong with it.
+	key := ns + "/" + opts.ID
+	m.mu.Lock()
+	if _, ok := m.tasks[key]; ok {
+		m.mu.Unlock()
+		return nil, fmt.Errorf("task %q in namespace %q: %w", opts.ID, ns, errdefs.ErrAlreadyExists)
+	}
+	m.tasks[key] = nil
+	m.mu.Unlock()
+	defer func() {
+		if retErr != nil {
+			m.mu.Lock()
+			delete(m.tasks, key)
+			m.mu.Unlock()
+		}
+	}()
+
 	binary := opts.RuntimePath
 	if binary != "" {
 		if !filepath.IsAbs(binary) {
@@ -126,22 +144,6 @@ func (m *Manager) Create(ctx context.Context, opts CreateOpts) (_ *Task, retErr 
 	if err := checkMounts(opts.Rootfs); err != nil {
 		return nil, fmt.Errorf("container %q: %w", opts.ID, err)
 	}
-
-	key := ns + "/" + opts.ID
-	m.mu.Lock()
-	if _, ok := m.tasks[key]; ok {
-		m.mu.Unlock()
-		return nil, fmt.Errorf("task %q in namespace %q: %w", opts.ID, ns, errdefs.ErrAlreadyExists)
-	}
-	m.tasks[key] = nil
-	m.mu.Unlock()
-	defer func() {
-		if retErr != nil {
-			m.mu.Lock()
-			delete(m.tasks, key)
-			m.mu.Unlock()
-		}
-	}()
 
 	b, err := newBundle(m.cfg.State, ns, opts.ID, config)
 	if err != nil {

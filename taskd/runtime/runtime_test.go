@@ -70,9 +70,11 @@ func TestPrepareSpec(t *testing.T) {
 	}{
 		{"not JSON is InvalidArgument", `{`, true, errdefs.IsInvalidArgument},
 		{"no process is InvalidArgument", `{"ociVersion":"1.0.2"}`, true, errdefs.IsInvalidArgument},
-		{"no mounts and a relative root is InvalidArgument", `{"process":{},"root":{"path":"rootfs"}}`, false, errdefs.IsInvalidArgument},
-		{"no mounts and a missing root is NotFound", `{"process":{},"root":{"path":"/nonexistent"}}`, false, errdefs.IsNotFound},
-		{"no mounts and an existing root is fine", `{"process":{},"root":{"path":"/"}}`, false, func(err error) bool { return err == nil }},
+		{"no process without mounts is InvalidArgument", `{"ociVersion":"1.0.2","root":{"path":"/"}}`, false, errdefs.IsInvalidArgument},
+		{"a process without args is InvalidArgument", `{"process":{"cwd":"/"},"root":{"path":"/"}}`, false, errdefs.IsInvalidArgument},
+		{"no mounts and a relative root is InvalidArgument", `{"process":{"args":["true"]},"root":{"path":"rootfs"}}`, false, errdefs.IsInvalidArgument},
+		{"no mounts and a missing root is NotFound", `{"process":{"args":["true"]},"root":{"path":"/nonexistent"}}`, false, errdefs.IsNotFound},
+		{"no mounts and an existing root is fine", `{"process":{"args":["true"]},"root":{"path":"/"}}`, false, func(err error) bool { return err == nil }},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if _, err := PrepareSpec([]byte(tc.spec), tc.mounts); !tc.err(err) {

@@ -20,9 +20,11 @@
 // from the runtime, unmounts <bundle>/rootfs and prints a
 // containerd.task.v2.DeleteResponse (protobuf) on stdout.
 //
-// The server publishes events by running
+// The server publishes events, in order and retried on failure, over ttrpc
+// to the Events service at $TTRPC_ADDRESS when that is set (as containerd's
+// shims do), or else by running
 // `BIN --address ADDR publish --topic TOPIC --namespace NS` with the event's
-// Any (protobuf) on stdin, in order, retried on failure.
+// Any (protobuf) on stdin.
 package shim
 
 import (
@@ -252,9 +254,15 @@ func serve(f flags) error {
 
 	var pub task.Publisher = discard{}
 	closePublisher := func() {}
-	if f.publishBinary != "" {
-		pb := publish.New(f.publishBinary, f.address, f.namespace,
+	var pb *publish.Publisher
+	switch ttrpcAddress := os.Getenv("TTRPC_ADDRESS"); {
+	case ttrpcAddress != "":
+		pb = publish.NewTTRPC(ttrpcAddress, f.namespace, publish.WithLogger(logger))
+	case f.publishBinary != "":
+		pb = publish.New(f.publishBinary, f.address, f.namespace,
 			publish.WithRunner(r.Run), publish.WithLogger(logger))
+	}
+	if pb != nil {
 		closePublisher = func() {
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
@@ -293,12 +301,15 @@ func serve(f flags) error {
 	case err := <-served:
 		logger.Error("ttrpc server stopped", "error", err)
 	}
-	// Deliver the last events (the container's /tasks/delete) first; that
-	// also gives the answer to Shutdown time to reach the client before
-	// the connections close. Clients, containerd's included, take a closed
-	// connection in answer to Shutdown as success.
+	// Deliver the last events (the container's /tasks/delete) first, then
+	// close the connections once their calls are answered — Shutdown's
+	// answer is normally written by now. Clients, containerd's included,
+	// take a closed connection in answer to Shutdown as success, so the
+	// wait for busy connections is short.
 	closePublisher()
-	time.Sleep(50 * time.Millisecond)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+	_ = srv.Shutdown(ctx)
+	cancel()
 	_ = srv.Close()
 	_ = os.Remove(socketPath(SocketAddress(f.address, f.namespace, f.id)))
 	logger.Info("shim exiting", "id", f.id)

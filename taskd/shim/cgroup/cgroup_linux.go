@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/containerd/cgroups/v3"
@@ -165,12 +166,23 @@ func OOMKills(dir string) (uint64, error) {
 	return 0, nil
 }
 
+// OOMWatch reports the OOM kills of one memory cgroup; see WatchOOM.
+type OOMWatch struct {
+	dir   string
+	onOOM func()
+	f     *os.File
+
+	mu   sync.Mutex
+	last uint64 // the oom_kill count last reported
+}
+
 // WatchOOM calls onOOM once for each time the kernel OOM-kills processes
-// in the memory cgroup at dir, until the cgroup is removed or stop is
+// in the memory cgroup at dir, until the cgroup is removed or Stop is
 // called. On v1 it waits on an eventfd registered for memory.oom_control; on
 // v2 on inotify events for memory.events. Kills are counted from the
-// cgroup's oom_kill counter, so a wake-up without a new kill reports nothing.
-func WatchOOM(dir string, onOOM func()) (stop func(), err error) {
+// cgroup's oom_kill counter, so a wake-up without a new kill reports nothing,
+// and a kill is reported once whether the watcher or Check sees it first.
+func WatchOOM(dir string, onOOM func()) (*OOMWatch, error) {
 	last, err := OOMKills(dir)
 	if err != nil {
 		return nil, fmt.Errorf("read oom counter in %s: %w", dir, err)
@@ -184,33 +196,54 @@ func WatchOOM(dir string, onOOM func()) (stop func(), err error) {
 	if err != nil {
 		return nil, err
 	}
-	go func() {
-		buf := make([]byte, 4096)
-		for {
-			if _, err := f.Read(buf); err != nil {
-				return // closed by stop
-			}
-			// The notification can come a moment before the counter moves.
-			var n uint64
-			var err error
-			for range 10 {
-				if n, err = OOMKills(dir); err != nil || n > last {
-					break
-				}
-				time.Sleep(20 * time.Millisecond)
-			}
+	w := &OOMWatch{dir: dir, onOOM: onOOM, f: f, last: last}
+	go w.watch()
+	return w, nil
+}
+
+func (w *OOMWatch) watch() {
+	buf := make([]byte, 4096)
+	for {
+		if _, err := w.f.Read(buf); err != nil {
+			return // closed by Stop
+		}
+		// The notification can come a moment before the counter moves.
+		for range 10 {
+			news, err := w.check()
 			if err != nil {
-				f.Close()
+				w.f.Close()
 				return // cgroup removed
 			}
-			if n > last {
-				last = n
-				onOOM()
+			if news {
+				break
 			}
+			time.Sleep(20 * time.Millisecond)
 		}
-	}()
-	return func() { f.Close() }, nil
+	}
 }
+
+// Check reports, through onOOM, a kill the watcher has not reported yet.
+// The shim calls it when the container's init exits, while its cgroup is
+// still there, so that an OOM kill is announced before the exit it caused
+// and is not lost when the cgroup is removed right after.
+func (w *OOMWatch) Check() {
+	_, _ = w.check()
+}
+
+func (w *OOMWatch) check() (bool, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	n, err := OOMKills(w.dir)
+	if err != nil || n <= w.last {
+		return false, err
+	}
+	w.last = n
+	w.onOOM()
+	return true, nil
+}
+
+// Stop stops watching.
+func (w *OOMWatch) Stop() { w.f.Close() }
 
 // eventFile registers an eventfd for OOM notifications on a v1 memory
 // cgroup and returns it as a pollable file.

@@ -1,12 +1,21 @@
-// Package publish delivers a shim's events the way containerd's shims do
-// when they are given a publish binary: for each event it runs
+// Package publish delivers a shim's events the two ways containerd's shims
+// do, in order and without making the caller wait:
 //
-//	BIN --address ADDR publish --topic TOPIC --namespace NS
+//   - over ttrpc (NewTTRPC): containerd.services.events.ttrpc.v1.Events/Forward
+//     on the daemon's $TTRPC_ADDRESS socket, one connection kept open (and
+//     redialled after the daemon restarts). This is what containerd's own
+//     shims do when given TTRPC_ADDRESS, and it costs a write, not a process.
 //
-// with the event, a protobuf-encoded google.protobuf.Any (typeurl type URL,
-// e.g. "containerd.events.TaskExit"), on the command's standard input.
-// containerd's own binary (`containerd publish`) forwards it to the daemon's
-// events service.
+//   - through a publish binary (New): for each event it runs
+//
+//     BIN --address ADDR publish --topic TOPIC --namespace NS
+//
+//     with the event, a protobuf-encoded google.protobuf.Any (typeurl type
+//     URL, e.g. "containerd.events.TaskExit"), on the command's standard
+//     input. containerd's own binary (`containerd publish`) forwards it to
+//     the daemon's events service. Starting a process per event is slow
+//     (tens of milliseconds each), so it is the fallback for daemons that
+//     give no ttrpc address.
 package publish
 
 import (
@@ -14,33 +23,41 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net"
 	"os/exec"
+	"strings"
 	"sync"
 	"time"
 
+	ttrpcevents "github.com/containerd/containerd/api/services/ttrpc/events/v1"
+	"github.com/containerd/containerd/api/types"
+	"github.com/containerd/ttrpc"
 	"github.com/containerd/typeurl/v2"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
 // Runner runs cmd to completion and returns its exit status. A shim that
 // reaps its own children passes its reaper's Run; the default is exec.Cmd.Run.
 type Runner func(cmd *exec.Cmd) (int, error)
 
-// Binary is an ordered, non-blocking publisher through a publish binary.
+// Publisher is an ordered, non-blocking publisher of one shim's events.
 //
-// Publish encodes the event and queues it; it never waits for the binary.
+// Publish encodes the event and queues it; it never waits for delivery.
 // One loop delivers the queue in order, one event at a time, retrying an
-// event whose invocation failed (with backoff, up to Attempts times) before
+// event whose delivery failed (with backoff, up to Attempts times) before
 // moving on, so the order of events is the order of Publish calls and each
-// event is delivered once unless the binary failed after delivering it.
-type Binary struct {
-	path, address, namespace string
-	run                      Runner
-	log                      *slog.Logger
-	attempts                 int
-	backoff                  time.Duration
-	timeout                  time.Duration
+// event is delivered once unless a delivery failed after the daemon took it.
+type Publisher struct {
+	namespace string
+	send      func(ctx context.Context, e envelope) error
+	closeSend func()
+	run       Runner
+	log       *slog.Logger
+	attempts  int
+	backoff   time.Duration
+	timeout   time.Duration
 
 	mu      sync.Mutex
 	cond    *sync.Cond
@@ -52,29 +69,51 @@ type Binary struct {
 
 type envelope struct {
 	topic string
-	data  []byte
+	at    time.Time // when it was published
+	data  []byte    // the event as a protobuf Any
 }
 
-// Option configures a Binary.
-type Option func(*Binary)
+// Option configures a Publisher.
+type Option func(*Publisher)
 
 // WithRunner runs the publish binary through r.
-func WithRunner(r Runner) Option { return func(b *Binary) { b.run = r } }
+func WithRunner(r Runner) Option { return func(b *Publisher) { b.run = r } }
 
 // WithLogger logs delivery failures to l.
-func WithLogger(l *slog.Logger) Option { return func(b *Binary) { b.log = l } }
+func WithLogger(l *slog.Logger) Option { return func(b *Publisher) { b.log = l } }
 
 // WithRetry sets how many times an event is tried and the first wait between
 // tries (doubled after each failure, capped at 2s).
 func WithRetry(attempts int, backoff time.Duration) Option {
-	return func(b *Binary) { b.attempts, b.backoff = attempts, backoff }
+	return func(b *Publisher) { b.attempts, b.backoff = attempts, backoff }
 }
 
 // New returns a publisher that runs the binary at path with containerd's
 // address and the shim's namespace, and starts its delivery loop.
-func New(path, address, namespace string, opts ...Option) *Binary {
-	b := &Binary{
-		path: path, address: address, namespace: namespace,
+func New(path, address, namespace string, opts ...Option) *Publisher {
+	b := newPublisher(namespace, opts)
+	b.send = func(ctx context.Context, e envelope) error { return b.invoke(ctx, path, address, e) }
+	go b.loop()
+	return b
+}
+
+// NewTTRPC returns a publisher that forwards events over ttrpc to the
+// Events service on the unix socket address (containerd's TTRPC_ADDRESS,
+// "unix://" optional), and starts its delivery loop. It dials on the first
+// event and again after a failed delivery, so it survives the daemon's
+// restarts.
+func NewTTRPC(address, namespace string, opts ...Option) *Publisher {
+	b := newPublisher(namespace, opts)
+	t := &ttrpcSender{path: strings.TrimPrefix(address, "unix://")}
+	b.send = func(ctx context.Context, e envelope) error { return t.send(ctx, namespace, e) }
+	b.closeSend = t.close
+	go b.loop()
+	return b
+}
+
+func newPublisher(namespace string, opts []Option) *Publisher {
+	b := &Publisher{
+		namespace: namespace,
 		run: func(cmd *exec.Cmd) (int, error) {
 			err := cmd.Run()
 			if ee, ok := err.(*exec.ExitError); ok {
@@ -92,7 +131,6 @@ func New(path, address, namespace string, opts ...Option) *Binary {
 		o(b)
 	}
 	b.cond = sync.NewCond(&b.mu)
-	go b.loop()
 	return b
 }
 
@@ -109,7 +147,7 @@ func Encode(event any) ([]byte, error) {
 // Publish queues event under topic. The namespace is the shim's; ctx is not
 // consulted. It fails only when the event cannot be encoded or the publisher
 // is closed.
-func (b *Binary) Publish(_ context.Context, topic string, event any) error {
+func (b *Publisher) Publish(_ context.Context, topic string, event any) error {
 	data, err := Encode(event)
 	if err != nil {
 		return err
@@ -119,14 +157,14 @@ func (b *Binary) Publish(_ context.Context, topic string, event any) error {
 	if b.closing {
 		return fmt.Errorf("publish %s: publisher closed", topic)
 	}
-	b.queue = append(b.queue, envelope{topic: topic, data: data})
+	b.queue = append(b.queue, envelope{topic: topic, at: time.Now(), data: data})
 	b.cond.Broadcast()
 	return nil
 }
 
 // Close stops accepting events and waits until the queue is delivered or
 // ctx is done.
-func (b *Binary) Close(ctx context.Context) error {
+func (b *Publisher) Close(ctx context.Context) error {
 	b.mu.Lock()
 	b.closing = true
 	b.cond.Broadcast()
@@ -139,8 +177,11 @@ func (b *Binary) Close(ctx context.Context) error {
 	}
 }
 
-func (b *Binary) loop() {
+func (b *Publisher) loop() {
 	defer close(b.done)
+	if b.closeSend != nil {
+		defer b.closeSend()
+	}
 	for {
 		b.mu.Lock()
 		for len(b.queue) == 0 && !b.closing {
@@ -161,11 +202,13 @@ func (b *Binary) loop() {
 	}
 }
 
-func (b *Binary) deliver(e envelope) {
+func (b *Publisher) deliver(e envelope) {
 	wait := b.backoff
 	for attempt := 1; ; attempt++ {
 		start := time.Now()
-		err := b.invoke(e)
+		ctx, cancel := context.WithTimeout(context.Background(), b.timeout)
+		err := b.send(ctx, e)
+		cancel()
 		if err == nil {
 			b.log.Debug("event published", "topic", e.topic, "took", time.Since(start))
 			return
@@ -180,11 +223,10 @@ func (b *Binary) deliver(e envelope) {
 	}
 }
 
-func (b *Binary) invoke(e envelope) error {
-	ctx, cancel := context.WithTimeout(context.Background(), b.timeout)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, b.path,
-		"--address", b.address,
+// invoke runs the publish binary at path for e.
+func (b *Publisher) invoke(ctx context.Context, path, address string, e envelope) error {
+	cmd := exec.CommandContext(ctx, path,
+		"--address", address,
 		"publish",
 		"--topic", e.topic,
 		"--namespace", b.namespace)
@@ -193,10 +235,48 @@ func (b *Binary) invoke(e envelope) error {
 	cmd.Stdout, cmd.Stderr = &out, &out
 	status, err := b.run(cmd)
 	if err != nil {
-		return fmt.Errorf("run %s: %w", b.path, err)
+		return fmt.Errorf("run %s: %w", path, err)
 	}
 	if status != 0 {
-		return fmt.Errorf("%s exited %d: %s", b.path, status, bytes.TrimSpace(out.Bytes()))
+		return fmt.Errorf("%s exited %d: %s", path, status, bytes.TrimSpace(out.Bytes()))
 	}
 	return nil
+}
+
+// ttrpcSender keeps one ttrpc connection to the daemon's events socket.
+// Only the delivery loop uses it.
+type ttrpcSender struct {
+	path   string
+	client *ttrpc.Client
+}
+
+func (t *ttrpcSender) send(ctx context.Context, namespace string, e envelope) error {
+	var event anypb.Any
+	if err := proto.Unmarshal(e.data, &event); err != nil {
+		return fmt.Errorf("event %s: %w", e.topic, err)
+	}
+	if t.client == nil {
+		var d net.Dialer
+		conn, err := d.DialContext(ctx, "unix", t.path)
+		if err != nil {
+			return fmt.Errorf("connect to %s: %w", t.path, err)
+		}
+		t.client = ttrpc.NewClient(conn)
+	}
+	_, err := ttrpcevents.NewTTRPCEventsClient(t.client).Forward(ctx, &ttrpcevents.ForwardRequest{
+		Envelope: &types.Envelope{Timestamp: timestamppb.New(e.at), Namespace: namespace, Topic: e.topic, Event: &event},
+	})
+	if err != nil {
+		// The daemon may have restarted: dial again for the next try.
+		t.close()
+		return fmt.Errorf("forward %s to %s: %w", e.topic, t.path, err)
+	}
+	return nil
+}
+
+func (t *ttrpcSender) close() {
+	if t.client != nil {
+		t.client.Close()
+		t.client = nil
+	}
 }

@@ -9,6 +9,7 @@ import (
 	runc "github.com/containerd/go-runc"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
+	"github.com/flotilla/flotilla/taskd/shim/cgroup"
 	"github.com/flotilla/flotilla/taskd/shim/stdio"
 )
 
@@ -26,7 +27,7 @@ type container struct {
 	mounted bool // the shim mounted rootfs and must unmount it
 	ownPID  bool // the container has its own PID namespace
 	paused  bool
-	oomStop func()
+	oom     *cgroup.OOMWatch // nil when OOM kills cannot be watched
 
 	init  *process
 	execs map[string]*process

@@ -187,6 +187,9 @@ func (s *Service) handleExits() {
 func (s *Service) exitedLocked(p *process, e runc.Exit) {
 	c := p.c
 	if p.execID == "" {
+		if c.oom != nil {
+			c.oom.Check() // the OOM kill, if that is what ended init, goes first
+		}
 		if s.runningExecsLocked(c) > 0 {
 			ex := e
 			c.initExit = &ex
@@ -363,9 +366,15 @@ func (s *Service) Create(ctx context.Context, r *taskapi.CreateTaskRequest) (_ *
 func (s *Service) watchOOM(c *container, pid int) {
 	dir, err := cgroup.MemoryDir(pid)
 	if err == nil {
-		c.oomStop, err = cgroup.WatchOOM(dir, func() {
+		var w *cgroup.OOMWatch
+		w, err = cgroup.WatchOOM(dir, func() {
 			s.publish("/tasks/oom", &eventstypes.TaskOOM{ContainerID: c.id})
 		})
+		if err == nil {
+			s.mu.Lock()
+			c.oom = w // read by the exit handler
+			s.mu.Unlock()
+		}
 	}
 	if err != nil {
 		s.log.Warn("no OOM events for container", "id", c.id, "error", err)
@@ -676,8 +685,8 @@ func (s *Service) Delete(ctx context.Context, r *taskapi.DeleteRequest) (*taskap
 		p.streams.Wait(2 * time.Second)
 		p.streams.Close()
 	}
-	if c.oomStop != nil {
-		c.oomStop()
+	if c.oom != nil {
+		c.oom.Stop()
 	}
 	s.log.Debug("delete: unmounting", "id", c.id)
 	if c.mounted {
