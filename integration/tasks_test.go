@@ -444,6 +444,21 @@ func TestTasksAndContainersCommandsOnADetachedContainer(t *testing.T) {
 			t.Fatalf("metrics do not count 3 processes:\n%s", out)
 		}
 	})
+	t.Run("checkpoint without a usable CRIU is a clear error and the task runs on", func(t *testing.T) {
+		out, err := s.Ctr(s.ns, "tasks", "checkpoint", "d2")
+		if err == nil {
+			t.Fatalf("checkpoint succeeded, but taskd does not store checkpoints:\n%s", out)
+		}
+		// FailedPrecondition when CRIU is missing or `criu check` fails here;
+		// NotImplemented where CRIU works.
+		if !strings.Contains(out, "failed precondition") && !strings.Contains(out, "not implemented") {
+			t.Fatalf("checkpoint error is not FailedPrecondition or NotImplemented:\n%s", out)
+		}
+		if !strings.Contains(out, "CRIU") && !strings.Contains(out, "checkpoint images") {
+			t.Fatalf("checkpoint error does not say why:\n%s", out)
+		}
+		s.waitStatus(t, "d2", "RUNNING")
+	})
 	t.Run("a running container holds a shim, a bundle, a mount and cgroups", func(t *testing.T) {
 		// The check that later finds nothing left does find these.
 		left := strings.Join(s.leftovers(t, "d1"), "\n")

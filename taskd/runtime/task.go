@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os/exec"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -452,8 +453,27 @@ func (t *Task) delete(ctx context.Context) (*taskapi.DeleteResponse, error) {
 	return resp, nil
 }
 
-// CRIUAvailable reports whether CRIU, which checkpoints need, is installed.
-func CRIUAvailable() bool {
-	_, err := exec.LookPath("criu")
-	return err == nil
+// CRIUUsable returns nil when CRIU, which checkpoints need, is installed and
+// `criu check` passes on this kernel; otherwise a FailedPrecondition error
+// saying which. (Debian installs criu with runc, yet on many kernels it
+// cannot work, so being on PATH is not enough.)
+func CRIUUsable(ctx context.Context) error {
+	path, err := exec.LookPath("criu")
+	if err != nil {
+		return fmt.Errorf("CRIU is not installed: %w", errdefs.ErrFailedPrecondition)
+	}
+	out, err := exec.CommandContext(ctx, path, "check").CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("CRIU cannot checkpoint on this machine (criu check: %s): %w",
+			strings.TrimSpace(lastLine(string(out))), errdefs.ErrFailedPrecondition)
+	}
+	return nil
+}
+
+func lastLine(s string) string {
+	s = strings.TrimSpace(s)
+	if i := strings.LastIndexByte(s, '\n'); i >= 0 {
+		return s[i+1:]
+	}
+	return s
 }

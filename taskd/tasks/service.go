@@ -255,14 +255,15 @@ func (s *Service) ListPids(ctx context.Context, req *api.ListPidsRequest) (*api.
 	return &api.ListPidsResponse{Processes: procs}, nil
 }
 
-// Checkpoint implements api.TasksServer. Checkpoints need CRIU, and taskd
-// has no content store to keep the image in.
+// Checkpoint implements api.TasksServer. Checkpoints need a working CRIU;
+// with one, taskd still answers NotImplemented, as it does not yet store
+// checkpoint images in contentd.
 func (s *Service) Checkpoint(ctx context.Context, req *api.CheckpointTaskRequest) (*api.CheckpointTaskResponse, error) {
 	if _, err := s.runtime.Get(ctx, req.GetContainerID()); err != nil {
 		return nil, err
 	}
-	if !runtime.CRIUAvailable() {
-		return nil, fmt.Errorf("checkpoint task %q: CRIU is not installed: %w", req.ContainerID, errdefs.ErrFailedPrecondition)
+	if err := runtime.CRIUUsable(ctx); err != nil {
+		return nil, fmt.Errorf("checkpoint task %q: %w", req.ContainerID, err)
 	}
 	return nil, fmt.Errorf("checkpoint task %q: storing checkpoint images is not supported by taskd: %w", req.ContainerID, errdefs.ErrNotImplemented)
 }
