@@ -309,14 +309,12 @@ func listTree(t *testing.T, dir string) map[string]string {
 	return out
 }
 
-// containedAttacks are the attacks Flotilla's diff applies with everything
-// kept inside the root instead of refusing them: a write through a symlink
-// is resolved in the root, as the container sees its filesystem (see
-// snapshotd/diff/archive, root_linux.go), so the symlink-escape layer's
-// file lands at <root>/<target>.
-var containedAttacks = map[imagekit.Attack]bool{imagekit.AttackSymlinkEscape: true}
-
-func TestHostileLayersAreRefusedOrContained(t *testing.T) {
+// TestHostileLayersAreRefused pulls each hostile image with each snapshotter:
+// every one is refused with invalid argument — symlink-escape too, since
+// Flotilla's diff never writes beneath a symlink the same layer created (see
+// snapshotd/diff/archive, root_linux.go) — and the host files it aimed at
+// are unchanged.
+func TestHostileLayersAreRefused(t *testing.T) {
 	requireTool(t, "ctr")
 	requireRootForMounts(t)
 	reg := imagekit.StartRegistry(t)
@@ -331,11 +329,7 @@ func TestHostileLayersAreRefusedOrContained(t *testing.T) {
 
 	for _, sn := range snapshotters {
 		for _, attack := range imagekit.Attacks {
-			want := "is refused with invalid argument"
-			if containedAttacks[attack] {
-				want = "is applied inside the snapshot"
-			}
-			t.Run(fmt.Sprintf("%s: %s %s and its target is unchanged", sn, attack, want), func(t *testing.T) {
+			t.Run(fmt.Sprintf("%s: %s is refused with invalid argument and its target is unchanged", sn, attack), func(t *testing.T) {
 				host := t.TempDir()
 				c := newCanary(t, filepath.Join(host, "etc", "passwd"))
 				hostBefore := listTree(t, host)
@@ -344,23 +338,13 @@ func TestHostileLayersAreRefusedOrContained(t *testing.T) {
 				ns := "hostile-" + sn
 
 				out, err := s.Ctr(ns, "images", "pull", "--plain-http", "--snapshotter", sn, p.ref)
-				if containedAttacks[attack] {
-					if err != nil {
-						t.Fatalf("pull: %v\n%s", err, out)
-					}
-					root := mountView(t, s, ns, sn, chainIDs(p.img)[0].String())
-					if b, err := os.ReadFile(filepath.Join(root, c.path)); err != nil || string(b) != imagekit.HostilePayload {
-						t.Errorf("the layer's file inside the snapshot at %s: %q, %v", c.path, b, err)
-					}
-				} else {
-					if err == nil {
-						t.Fatalf("pull of a hostile layer succeeded:\n%s", out)
-					}
-					if !strings.Contains(strings.ToLower(out), "invalid argument") {
-						t.Errorf("pull failed without saying invalid argument: %v\n%s", err, out)
-					}
-					t.Logf("pull refused: %s", lastLines(out, 1))
+				if err == nil {
+					t.Fatalf("pull of a hostile layer succeeded:\n%s", out)
 				}
+				if !strings.Contains(strings.ToLower(out), "invalid argument") {
+					t.Errorf("pull failed without saying invalid argument: %v\n%s", err, out)
+				}
+				t.Logf("pull refused: %s", lastLines(out, 1))
 
 				c.check(t, s.Layout.Root)
 				hostAfter := listTree(t, host)

@@ -76,7 +76,8 @@ func WithSyncFS() ApplyOption { return func(c *applyConfig) { c.syncFS = true } 
 // digest and size checked against desc as it is read. mounts is one
 // writable bind mount of a directory (applied to directly), one overlay
 // mount with an upper directory (applied to the upper directory, with
-// overlay whiteouts), or any list of mounts, which is mounted on a private
+// overlay whiteouts and parents resolved through its lower directories as
+// the merged view shows them), or any list of mounts, which is mounted on a private
 // temporary directory for the time of the call. What archive.Apply refuses
 // is an InvalidArgument error and leaves everything outside the mounts as
 // it was; a media type that is not a layer's is NotImplemented; a blob the
@@ -103,7 +104,7 @@ func (d *Differ) Apply(ctx context.Context, desc ocispec.Descriptor, mounts []*t
 	}
 
 	var applied ocispec.Descriptor
-	err = onMounts(ctx, mounts, func(root string, overlay bool) error {
+	err = onMounts(ctx, mounts, func(root string, overlay bool, lowers []string) error {
 		raw := &digestReader{r: bufio.NewReaderSize(io.NewSectionReader(ra, 0, ra.Size()), 1<<20),
 			digestCount: digestCount{d: desc.Digest.Algorithm().Digester()}}
 		rc, got, err := compression.Decompress(raw, want)
@@ -114,7 +115,7 @@ func (d *Differ) Apply(ctx context.Context, desc ocispec.Descriptor, mounts []*t
 		tarStream := &digestReader{r: rc, digestCount: digestCount{d: digest.SHA256.Digester()}}
 		aopts := []archive.ApplyOption{archive.WithMaxFileSize(d.maxFileSize)}
 		if overlay {
-			aopts = append(aopts, archive.WithOverlayWhiteouts())
+			aopts = append(aopts, archive.WithOverlayLowers(lowers...))
 		}
 		if got == compression.Uncompressed {
 			aopts = append(aopts, archive.WithStreamSize(ra.Size()))
@@ -186,19 +187,20 @@ func syncFS(dir string) error {
 }
 
 // onMounts calls fn with a directory holding what mounts show, writable:
-// a bind mount's source, an overlay's upper directory (overlay true), or
-// mounts mounted on a temporary directory.
-func onMounts(ctx context.Context, mounts []*types.Mount, fn func(root string, overlay bool) error) error {
+// a bind mount's source, an overlay's upper directory (overlay true, with
+// the overlay's lower directories, topmost first), or mounts mounted on a
+// temporary directory.
+func onMounts(ctx context.Context, mounts []*types.Mount, fn func(root string, overlay bool, lowers []string) error) error {
 	if len(mounts) == 0 {
 		return fmt.Errorf("no mounts to apply to: %w", errdefs.ErrInvalidArgument)
 	}
 	if len(mounts) == 1 && mounts[0].GetTarget() == "" {
 		m := mounts[0]
-		if upper, _, ok := mount.Overlay(m); ok {
+		if upper, lowers, ok := mount.Overlay(m); ok {
 			if upper == "" {
 				return fmt.Errorf("overlay mount without upperdir is read-only: %w", errdefs.ErrInvalidArgument)
 			}
-			return fn(upper, true)
+			return fn(upper, true, lowers)
 		}
 		if bind, ro := mount.Bind(m); bind {
 			if ro {
@@ -207,10 +209,10 @@ func onMounts(ctx context.Context, mounts []*types.Mount, fn func(root string, o
 			if fi, err := os.Stat(m.GetSource()); err != nil || !fi.IsDir() {
 				return fmt.Errorf("bind mount source %s is not a directory: %w", m.GetSource(), errdefs.ErrInvalidArgument)
 			}
-			return fn(m.GetSource(), false)
+			return fn(m.GetSource(), false, nil)
 		}
 	}
-	return mount.WithTempMount(ctx, mounts, func(root string) error { return fn(root, false) })
+	return mount.WithTempMount(ctx, mounts, func(root string) error { return fn(root, false, nil) })
 }
 
 // CompareOption changes one Compare.

@@ -206,6 +206,36 @@ func TestApply(t *testing.T) {
 		checkWhiteoutTree(t, mountTree(t, overlay("", "", lowers...)))
 	})
 
+	t.Run("a layer onto an overlay snapshot resolves its parents through the lower snapshots", func(t *testing.T) {
+		s := newMemStore()
+		d := New(s, s)
+		base := lt.TempDir(t, "os-")
+		put := func(data []byte) ocispec.Descriptor {
+			return ocispec.Descriptor{MediaType: ocispec.MediaTypeImageLayer, Digest: s.put(data), Size: int64(len(data))}
+		}
+		lower, _ := snapshotDirs(t, base, "1")
+		if _, err := d.Apply(ctx, put(lt.Tar(t, lt.Dir("run", 0o755), lt.Owned(lt.Dir("var", 0o750), 4, 4),
+			lt.Symlink("var/run", "/run"))), bind(lower)); err != nil {
+			t.Fatal(err)
+		}
+		upper, work := snapshotDirs(t, base, "2")
+		if _, err := d.Apply(ctx, put(lt.Tar(t, lt.File("var/run/x", 0o644, "x"), lt.File("var/log/y", 0o644, "y"))),
+			overlay(upper, work, lower)); err != nil {
+			t.Fatal(err)
+		}
+		want := map[string]string{
+			"run":       "dir 0755 0:0",
+			"run/x":     "file 0644 0:0 x",
+			"var":       "dir 0750 4:4",
+			"var/run":   "symlink 0:0 -> /run",
+			"var/log":   "dir 0755 0:0",
+			"var/log/y": "file 0644 0:0 y",
+		}
+		if d := lt.Diff(want, lt.Snapshot(t, mountTree(t, overlay("", "", upper, lower)))); d != "" {
+			t.Fatalf("merged tree differs:\n%s", d)
+		}
+	})
+
 	t.Run("a list of mounts is mounted for the call and unmounted after", func(t *testing.T) {
 		s := newMemStore()
 		d := New(s, s)

@@ -20,6 +20,7 @@ type ApplyOption func(*applyOptions)
 
 type applyOptions struct {
 	overlay     bool
+	lowers      []string
 	maxFileSize int64
 	streamSize  int64
 }
@@ -30,6 +31,21 @@ type applyOptions struct {
 // lower layers have.
 func WithOverlayWhiteouts() ApplyOption {
 	return func(o *applyOptions) { o.overlay = true }
+}
+
+// WithOverlayLowers says the root is the upper directory of an overlay
+// over lowers (topmost first), as WithOverlayWhiteouts does, and has parent
+// directories resolved through the merged view: a symlink or a directory a
+// lower layer has and the upper lacks is seen where overlayfs will show it
+// (a whiteout or opaque directory in the upper hides it), a lower symlink
+// is followed in the root, and a lower directory the upper needs is made
+// there with the lower one's mode, owner and times. Lower directories are
+// never written.
+func WithOverlayLowers(lowers ...string) ApplyOption {
+	return func(o *applyOptions) {
+		o.overlay = true
+		o.lowers = append([]string(nil), lowers...)
+	}
 }
 
 // WithMaxFileSize refuses regular files larger than n bytes
@@ -57,21 +73,24 @@ func WithStreamSize(n int64) ApplyOption {
 // with WithOverlayWhiteouts.
 //
 // Every name is resolved in dir as if dir were "/", the way the container
-// will see it: a symlink on the way (from this layer or a lower one) is
-// followed with absolute targets taken from dir and ".." stopping at dir
-// (openat2's RESOLVE_IN_ROOT), so a write through "var/run -> /run" lands
-// at dir/run and one through a symlink to /etc at dir/etc, never on the
-// host. An entry name or hardlink name that is absolute or climbs out with
-// "..", a hardlink to something that is not beneath dir, an unknown entry
-// type and a file larger than the limit or than what is left of the stream
-// are InvalidArgument errors; entries before the refused one stay applied.
-// Nothing outside dir is touched. A file whose body is cut short is removed.
+// will see it (with WithOverlayLowers, in the overlay's merged view). A
+// symlink that was there before this layer (a lower layer's) is followed
+// with absolute targets taken from dir and ".." stopping at dir (openat2's
+// RESOLVE_IN_ROOT), so a write through a lower "var/run -> /run" lands at
+// dir/run, never on the host. An entry, whiteout or hardlink target whose
+// path passes through a symlink this layer created is refused: no honest
+// tar holds entries beneath its own symlinks. An entry name or hardlink
+// name that is absolute or climbs out with "..", a hardlink to something
+// that is not beneath dir, an unknown entry type and a file larger than
+// the limit or than what is left of the stream are InvalidArgument errors
+// too; entries before the refused one stay applied. Nothing outside dir is
+// touched. A file whose body is cut short is removed.
 func Apply(ctx context.Context, dir string, r io.Reader, opts ...ApplyOption) error {
 	o := applyOptions{maxFileSize: DefaultMaxFileSize}
 	for _, opt := range opts {
 		opt(&o)
 	}
-	rt, err := openRoot(dir)
+	rt, err := openRoot(dir, o.lowers, o.overlay)
 	if err != nil {
 		return err
 	}
@@ -119,8 +138,8 @@ type applier struct {
 	opts    applyOptions
 	tr      *tar.Reader
 	counted *countingReader
-	// written holds the names this layer created, which an opaque
-	// whiteout in the same layer keeps.
+	// written holds the paths (resolved in the root) this layer created,
+	// which an opaque whiteout in the same layer keeps.
 	written  map[string]struct{}
 	dirTimes []dirTime
 	buf      []byte
@@ -173,7 +192,7 @@ func (a *applier) entry(hdr *tar.Header) error {
 		return fmt.Errorf("entry %q: unsupported type %q: %w", hdr.Name, hdr.Typeflag, errdefs.ErrInvalidArgument)
 	}
 
-	pfd, err := a.root.dir(dir, true)
+	pfd, canon, err := a.root.dir(dir, true)
 	if err != nil {
 		return fmt.Errorf("entry %q: %w", hdr.Name, err)
 	}
@@ -186,7 +205,7 @@ func (a *applier) entry(hdr *tar.Header) error {
 		if err := a.removeAt(pfd, base); err != nil {
 			return fmt.Errorf("entry %q: replace: %w", hdr.Name, err)
 		}
-		if pfd, err = a.root.dir(dir, true); err != nil {
+		if pfd, canon, err = a.root.dir(dir, true); err != nil {
 			return fmt.Errorf("entry %q: %w", hdr.Name, err)
 		}
 	case !errors.Is(err, unix.ENOENT):
@@ -197,9 +216,9 @@ func (a *applier) entry(hdr *tar.Header) error {
 	case tar.TypeReg, tar.TypeGNUSparse:
 		err = a.file(pfd, base, hdr)
 	case tar.TypeDir:
-		err = a.dir(pfd, base, name, hdr)
+		err = a.dir(pfd, base, path.Join(canon, base), hdr)
 	case tar.TypeSymlink:
-		err = a.symlink(pfd, base, hdr)
+		err = a.symlink(pfd, base, canon, hdr)
 	case tar.TypeLink:
 		err = a.hardlink(pfd, base, linkDir, linkBase)
 	case tar.TypeChar, tar.TypeBlock, tar.TypeFifo:
@@ -208,7 +227,7 @@ func (a *applier) entry(hdr *tar.Header) error {
 	if err != nil {
 		return fmt.Errorf("entry %q: %w", hdr.Name, err)
 	}
-	a.written[name] = struct{}{}
+	a.written[path.Join(canon, base)] = struct{}{}
 	return nil
 }
 
@@ -265,9 +284,12 @@ func (a *applier) dir(pfd int, base, name string, hdr *tar.Header) error {
 	return nil
 }
 
-func (a *applier) symlink(pfd int, base string, hdr *tar.Header) error {
+func (a *applier) symlink(pfd int, base, canon string, hdr *tar.Header) error {
 	if err := unix.Symlinkat(hdr.Linkname, pfd, base); err != nil {
 		return fmt.Errorf("symlink: %w", err)
+	}
+	if err := a.root.noteSymlink(pfd, base, canon); err != nil {
+		return err
 	}
 	if err := errors.Join(
 		unix.Fchownat(pfd, base, hdr.Uid, hdr.Gid, unix.AT_SYMLINK_NOFOLLOW),
@@ -281,7 +303,7 @@ func (a *applier) symlink(pfd int, base string, hdr *tar.Header) error {
 // hardlink links base to an existing non-directory beneath the root. The
 // link's own metadata is its target's.
 func (a *applier) hardlink(pfd int, base, linkDir, linkBase string) error {
-	tfd, err := a.root.open(linkDir, false)
+	tfd, _, err := a.root.open(linkDir, false)
 	if err != nil {
 		if errors.Is(err, unix.ENOENT) {
 			return fmt.Errorf("hardlink target %s: %w", path.Join(linkDir, linkBase), errdefs.ErrInvalidArgument)
@@ -369,13 +391,18 @@ func accessTime(hdr *tar.Header) time.Time {
 }
 
 // setDirTimes gives directories their times once nothing more is written
-// in them, deepest last-written first.
+// in them, deepest last-written first, and then those of the parents
+// copied up from lower directories.
 func (a *applier) setDirTimes() error {
-	for i := len(a.dirTimes) - 1; i >= 0; i-- {
-		d := a.dirTimes[i]
-		pfd, err := a.root.dir(path.Dir(d.name), false)
-		if errors.Is(err, unix.ENOENT) {
-			continue // removed by a later entry
+	// Parents copied up come last so they are done first: a directory
+	// entry of the layer for the same path gets the last word.
+	all := append(a.dirTimes[:len(a.dirTimes):len(a.dirTimes)], a.root.parentTimes...)
+	for i := len(all) - 1; i >= 0; i-- {
+		d := all[i]
+		pfd, _, err := a.root.dir(path.Dir(d.name), false)
+		var created *createdSymlinkError
+		if errors.Is(err, unix.ENOENT) || errors.Is(err, errNotDir) || errors.As(err, &created) {
+			continue // removed or replaced by a later entry
 		}
 		if err != nil {
 			return fmt.Errorf("directory %q: %w", d.name, err)
@@ -396,7 +423,7 @@ func (a *applier) whiteout(dir, base string) error {
 	if target == "" || target == "." || target == ".." {
 		return fmt.Errorf("whiteout %q in %q: %w", base, dir, errdefs.ErrInvalidArgument)
 	}
-	pfd, err := a.root.dir(dir, a.opts.overlay)
+	pfd, _, err := a.root.dir(dir, a.opts.overlay)
 	if errors.Is(err, unix.ENOENT) {
 		return nil // nothing there to delete
 	}
@@ -409,7 +436,7 @@ func (a *applier) whiteout(dir, base string) error {
 	if !a.opts.overlay {
 		return nil
 	}
-	if pfd, err = a.root.dir(dir, true); err != nil {
+	if pfd, _, err = a.root.dir(dir, true); err != nil {
 		return fmt.Errorf("whiteout %s: %w", path.Join(dir, target), err)
 	}
 	if err := unix.Mknodat(pfd, target, unix.S_IFCHR, 0); err != nil {
@@ -421,7 +448,7 @@ func (a *applier) whiteout(dir, base string) error {
 // opaque hides what lower layers have in dir: with the overlay opaque
 // xattr, or by removing every child this layer did not write.
 func (a *applier) opaque(dir string) error {
-	pfd, err := a.root.dir(dir, a.opts.overlay)
+	pfd, canon, err := a.root.dir(dir, a.opts.overlay)
 	if errors.Is(err, unix.ENOENT) {
 		return nil
 	}
@@ -445,7 +472,7 @@ func (a *applier) opaque(dir string) error {
 		return fmt.Errorf("opaque %s: %w", dir, err)
 	}
 	for _, n := range names {
-		if _, ok := a.written[path.Join(dir, n)]; ok {
+		if _, ok := a.written[path.Join(canon, n)]; ok {
 			continue
 		}
 		if err := a.removeAt(fd, n); err != nil {

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -189,78 +190,133 @@ func TestApplyEntries(t *testing.T) {
 	})
 }
 
-// hostile is a layer that aims at a canary file outside the root. It is
-// either refused (InvalidArgument) or contained: applied with everything it
-// writes inside the root — for the layers that write the canary's name,
-// at landsAt(canary) beneath the root.
+// hostile is a layer that aims at a canary file outside the root, perhaps
+// over a lower layer that set the trap. It is either refused
+// (InvalidArgument, and no file with its payload is written anywhere) or
+// contained: applied with everything it writes inside the root — for the
+// layers that write the canary's name, at landsAt(canary) beneath the
+// root; for whiteouts, removing removes(canary) beneath the root.
 type hostile struct {
 	name      string
+	lower     func(t *testing.T, canary string) []byte
 	layer     func(t *testing.T, canary string) []byte
 	opts      []ApplyOption
 	contained bool
 	landsAt   func(canary string) string
+	removes   func(canary string) string
 }
+
+const payload = "pwned\n"
 
 func hostileLayers() []hostile {
 	climb := strings.Repeat("../", 32)
 	refused := func(name string, layer func(*testing.T, string) []byte, opts ...ApplyOption) hostile {
 		return hostile{name: name, layer: layer, opts: opts}
 	}
-	contained := func(name string, landsAt func(string) string, layer func(*testing.T, string) []byte) hostile {
-		return hostile{name: name, layer: layer, contained: true, landsAt: landsAt}
+	refusedOver := func(name string, lower, layer func(*testing.T, string) []byte) hostile {
+		return hostile{name: name, lower: lower, layer: layer}
+	}
+	contained := func(name string, landsAt func(string) string, lower, layer func(*testing.T, string) []byte) hostile {
+		return hostile{name: name, lower: lower, layer: layer, contained: true, landsAt: landsAt}
+	}
+	inRoot := func(c string) string { return strings.TrimPrefix(c, "/") }
+	inRootEtc := func(c string) string { return "etc/" + filepath.Base(c) }
+	// Lower layers that set traps for the layer above.
+	absLink := func(t *testing.T, c string) []byte {
+		return lt.Tar(t, lt.Symlink("escape", filepath.Dir(c)), lt.File(inRoot(c), 0o644, "root's own\n"))
+	}
+	climbLink := func(t *testing.T, c string) []byte {
+		return lt.Tar(t, lt.Symlink("escape", "../etc"), lt.File(inRootEtc(c), 0o644, "root's own\n"))
 	}
 	return []hostile{
 		refused("path traversal with .. is refused", func(t *testing.T, c string) []byte {
-			return lt.Tar(t, lt.File(climb+strings.TrimPrefix(c, "/"), 0o644, "pwned\n"))
+			return lt.Tar(t, lt.File(climb+inRoot(c), 0o644, payload))
 		}),
 		refused("traversal hidden in the middle of a name is refused", func(t *testing.T, c string) []byte {
-			return lt.Tar(t, lt.Dir("a", 0o755), lt.File("a/../../"+filepath.Base(c), 0o644, "pwned\n"))
+			return lt.Tar(t, lt.Dir("a", 0o755), lt.File("a/../../"+filepath.Base(c), 0o644, payload))
 		}),
 		refused("absolute path is refused", func(t *testing.T, c string) []byte {
-			return lt.Tar(t, lt.File(c, 0o644, "pwned\n"))
+			return lt.Tar(t, lt.File(c, 0o644, payload))
 		}),
-		contained("write through an absolute symlink lands under the root at the symlink's target",
-			func(c string) string { return strings.TrimPrefix(c, "/") },
-			func(t *testing.T, c string) []byte {
-				return lt.Tar(t, lt.Symlink("escape", filepath.Dir(c)), lt.File("escape/"+filepath.Base(c), 0o644, "pwned\n"))
-			}),
-		contained("write through a climbing relative symlink stops at the root",
-			func(c string) string { return "etc/" + filepath.Base(c) },
-			func(t *testing.T, c string) []byte {
-				return lt.Tar(t, lt.Symlink("escape", "../etc"), lt.File("escape/"+filepath.Base(c), 0o644, "pwned\n"))
-			}),
-		contained("write through a chain of climbing symlinks stops at the root",
-			func(c string) string { return "etc/" + filepath.Base(c) },
-			func(t *testing.T, c string) []byte {
-				return lt.Tar(t, lt.Dir("d", 0o755), lt.Symlink("d/up", ".."), lt.Symlink("d/up2", "up/d/up/.."),
-					lt.File("d/up2/etc/"+filepath.Base(c), 0o644, "pwned\n"))
-			}),
-		refused("hardlink climbing outside is refused", func(t *testing.T, c string) []byte {
-			return lt.Tar(t, lt.Hardlink("passwd", climb+strings.TrimPrefix(c, "/")), lt.File("passwd", 0o644, "pwned\n"))
+
+		// Symlinks of the layer itself: never followed.
+		refused("write through this layer's absolute symlink is refused", func(t *testing.T, c string) []byte {
+			return lt.Tar(t, lt.Symlink("escape", filepath.Dir(c)), lt.File("escape/"+filepath.Base(c), 0o644, payload))
 		}),
-		refused("hardlink to an absolute path is refused", func(t *testing.T, c string) []byte {
-			return lt.Tar(t, lt.Hardlink("passwd", c), lt.File("passwd", 0o644, "pwned\n"))
+		refused("write through this layer's climbing relative symlink is refused", func(t *testing.T, c string) []byte {
+			return lt.Tar(t, lt.Symlink("escape", "../etc"), lt.File("escape/"+filepath.Base(c), 0o644, payload))
 		}),
-		refused("hardlink through a symlink to outside finds no target under the root and is refused", func(t *testing.T, c string) []byte {
-			return lt.Tar(t, lt.Symlink("up", filepath.Dir(c)), lt.Hardlink("passwd", "up/"+filepath.Base(c)), lt.File("passwd", 0o644, "pwned\n"))
+		refused("write through a chain of this layer's climbing symlinks is refused", func(t *testing.T, c string) []byte {
+			return lt.Tar(t, lt.Dir("d", 0o755), lt.Symlink("d/up", ".."), lt.Symlink("d/up2", "up/d/up/.."),
+				lt.File("d/up2/etc/"+filepath.Base(c), 0o644, payload))
 		}),
-		refused("hardlink through a climbing symlink finds no target under the root and is refused", func(t *testing.T, c string) []byte {
-			return lt.Tar(t, lt.Symlink("up", "../etc"), lt.Hardlink("passwd", "up/"+filepath.Base(c)), lt.File("passwd", 0o644, "pwned\n"))
+		refused("write through a hardlink to this layer's symlink is refused", func(t *testing.T, c string) []byte {
+			return lt.Tar(t, lt.Symlink("escape", filepath.Dir(c)), lt.Hardlink("alias", "escape"),
+				lt.File("alias/"+filepath.Base(c), 0o644, payload))
 		}),
-		contained("whiteout through a symlink to outside removes nothing outside", nil, func(t *testing.T, c string) []byte {
+		refused("whiteout through this layer's symlink to outside is refused", func(t *testing.T, c string) []byte {
 			return lt.Tar(t, lt.Symlink("escape", filepath.Dir(c)), lt.File("escape/.wh."+filepath.Base(c), 0o644, ""))
 		}),
-		contained("whiteout through a climbing symlink removes nothing outside", nil, func(t *testing.T, c string) []byte {
+		refused("whiteout through this layer's climbing symlink is refused", func(t *testing.T, c string) []byte {
 			return lt.Tar(t, lt.Symlink("escape", "../etc"), lt.File("escape/.wh."+filepath.Base(c), 0o644, ""))
 		}),
-		contained("opaque directory through a symlink to outside empties nothing outside", nil, func(t *testing.T, c string) []byte {
+		refused("opaque directory through this layer's symlink to outside is refused", func(t *testing.T, c string) []byte {
 			return lt.Tar(t, lt.Symlink("escape", filepath.Dir(c)), lt.File("escape/.wh..wh..opq", 0o644, ""))
+		}),
+		refused("hardlink through this layer's symlink to outside is refused", func(t *testing.T, c string) []byte {
+			return lt.Tar(t, lt.Symlink("up", filepath.Dir(c)), lt.Hardlink("passwd", "up/"+filepath.Base(c)), lt.File("passwd", 0o644, payload))
+		}),
+		refused("symlink loop of this layer is refused", func(t *testing.T, c string) []byte {
+			return lt.Tar(t, lt.Symlink("a", "b"), lt.Symlink("b", "a"), lt.File("a/"+filepath.Base(c), 0o644, payload))
+		}),
+		refusedOver("a lower layer's symlink replaced by this layer's own is refused", absLink, func(t *testing.T, c string) []byte {
+			return lt.Tar(t, lt.Symlink("escape", "/"), lt.File("escape/"+filepath.Base(c), 0o644, payload))
+		}),
+
+		// Symlinks of lower layers: followed, inside the root.
+		contained("write through a lower layer's absolute symlink lands under the root at the symlink's target", inRoot,
+			absLink, func(t *testing.T, c string) []byte {
+				return lt.Tar(t, lt.File("escape/"+filepath.Base(c), 0o644, payload))
+			}),
+		contained("write through a lower layer's climbing relative symlink stops at the root", inRootEtc,
+			climbLink, func(t *testing.T, c string) []byte {
+				return lt.Tar(t, lt.File("escape/"+filepath.Base(c), 0o644, payload))
+			}),
+		contained("write through a chain of a lower layer's climbing symlinks stops at the root", inRootEtc,
+			func(t *testing.T, c string) []byte {
+				return lt.Tar(t, lt.Dir("d", 0o755), lt.Symlink("d/up", ".."), lt.Symlink("d/up2", "up/d/up/.."))
+			}, func(t *testing.T, c string) []byte {
+				return lt.Tar(t, lt.File("d/up2/etc/"+filepath.Base(c), 0o644, payload))
+			}),
+		{name: "whiteout through a lower layer's symlink to outside removes the root's file, nothing outside", contained: true,
+			removes: inRoot, lower: absLink, layer: func(t *testing.T, c string) []byte {
+				return lt.Tar(t, lt.File("escape/.wh."+filepath.Base(c), 0o644, ""))
+			}},
+		{name: "whiteout through a lower layer's climbing symlink removes the root's file, nothing outside", contained: true,
+			removes: inRootEtc, lower: climbLink, layer: func(t *testing.T, c string) []byte {
+				return lt.Tar(t, lt.File("escape/.wh."+filepath.Base(c), 0o644, ""))
+			}},
+		contained("opaque directory through a lower layer's symlink to outside empties nothing outside", nil,
+			absLink, func(t *testing.T, c string) []byte {
+				return lt.Tar(t, lt.File("escape/.wh..wh..opq", 0o644, ""))
+			}),
+		refusedOver("hardlink through a lower layer's symlink to outside finds no target under the root and is refused",
+			func(t *testing.T, c string) []byte { return lt.Tar(t, lt.Symlink("up", filepath.Dir(c))) },
+			func(t *testing.T, c string) []byte {
+				return lt.Tar(t, lt.Hardlink("passwd", "up/"+filepath.Base(c)), lt.File("passwd", 0o644, payload))
+			}),
+		refusedOver("symlink loop of a lower layer is refused",
+			func(t *testing.T, c string) []byte { return lt.Tar(t, lt.Symlink("a", "b"), lt.Symlink("b", "a")) },
+			func(t *testing.T, c string) []byte { return lt.Tar(t, lt.File("a/"+filepath.Base(c), 0o644, payload)) }),
+
+		refused("hardlink climbing outside is refused", func(t *testing.T, c string) []byte {
+			return lt.Tar(t, lt.Hardlink("passwd", climb+inRoot(c)), lt.File("passwd", 0o644, payload))
+		}),
+		refused("hardlink to an absolute path is refused", func(t *testing.T, c string) []byte {
+			return lt.Tar(t, lt.Hardlink("passwd", c), lt.File("passwd", 0o644, payload))
 		}),
 		refused("whiteout of .. is refused", func(t *testing.T, c string) []byte {
 			return lt.Tar(t, lt.Dir("d", 0o755), lt.File("d/.wh..", 0o644, ""))
-		}),
-		refused("symlink loop is refused", func(t *testing.T, c string) []byte {
-			return lt.Tar(t, lt.Symlink("a", "b"), lt.Symlink("b", "a"), lt.File("a/"+filepath.Base(c), 0o644, "pwned\n"))
 		}),
 		refused("size of 1 PiB is refused", func(t *testing.T, c string) []byte {
 			h := lt.File("huge", 0o644, strings.Repeat("x", 4096))
@@ -280,6 +336,9 @@ func hostileLayers() []hostile {
 	}
 }
 
+// TestApplyRefusesOrContainsHostileLayers applies each hostile layer onto
+// a plain directory (over its lower layer applied there first) and onto an
+// overlay upper directory (over its lower layer in a lower directory).
 func TestApplyRefusesOrContainsHostileLayers(t *testing.T) {
 	requireRoot(t)
 	resolvers(t, func(t *testing.T) {
@@ -296,11 +355,21 @@ func TestApplyRefusesOrContainsHostileLayers(t *testing.T) {
 					if err := os.Mkdir(root, 0o755); err != nil {
 						t.Fatal(err)
 					}
-					before := lt.Snapshot(t, host)
 					opts := h.opts
+					lowerRoot := root
 					if overlay {
-						opts = append([]ApplyOption{WithOverlayWhiteouts()}, opts...)
+						lowerRoot = filepath.Join(host, "lower")
+						if err := os.Mkdir(lowerRoot, 0o755); err != nil {
+							t.Fatal(err)
+						}
+						opts = append([]ApplyOption{WithOverlayLowers(lowerRoot)}, opts...)
 					}
+					if h.lower != nil {
+						if err := apply(t, lowerRoot, h.lower(t, canary.Path)); err != nil {
+							t.Fatalf("lower layer: %v", err)
+						}
+					}
+					before := lt.Snapshot(t, host)
 					err := apply(t, root, h.layer(t, canary.Path), opts...)
 					switch {
 					case h.contained && err != nil:
@@ -311,14 +380,15 @@ func TestApplyRefusesOrContainsHostileLayers(t *testing.T) {
 					canary.Check(t, root)
 					after := lt.Snapshot(t, host)
 					for p := range after {
-						if !strings.HasPrefix(p, "root/") {
-							if after[p] != before[p] {
-								t.Errorf("outside the root, %s changed: %q -> %q", p, before[p], after[p])
-							}
+						if !strings.HasPrefix(p, "root/") && after[p] != before[p] {
+							t.Errorf("outside the root, %s changed: %q -> %q", p, before[p], after[p])
+						}
+						if !h.contained && strings.HasSuffix(after[p], " "+payload) {
+							t.Errorf("a refused layer wrote %s: %q", p, after[p])
 						}
 					}
 					for p := range before {
-						if _, ok := after[p]; !ok {
+						if _, ok := after[p]; !ok && !strings.HasPrefix(p, "root/") {
 							t.Errorf("outside the root, %s was removed", p)
 						}
 					}
@@ -327,8 +397,18 @@ func TestApplyRefusesOrContainsHostileLayers(t *testing.T) {
 					}
 					if h.landsAt != nil {
 						at := "root/" + h.landsAt(canary.Path)
-						if got := after[at]; got != "file 0644 0:0 pwned\n" {
+						if got := after[at]; got != "file 0644 0:0 "+payload {
 							t.Errorf("%s = %q, want the layer's file there", at, got)
+						}
+					}
+					if h.removes != nil {
+						at := "root/" + h.removes(canary.Path)
+						want := "" // removed
+						if overlay {
+							want = "char 0000 0:0 0:0" // hidden by an overlay whiteout
+						}
+						if got := after[at]; got != want {
+							t.Errorf("%s = %q, want %q", at, got, want)
 						}
 					}
 				})
@@ -337,20 +417,26 @@ func TestApplyRefusesOrContainsHostileLayers(t *testing.T) {
 	})
 }
 
+// applyLayers applies layers in order onto root.
+func applyLayers(t *testing.T, root string, layers ...[]byte) {
+	t.Helper()
+	for i, layer := range layers {
+		if err := apply(t, root, layer); err != nil {
+			t.Fatalf("layer %d: %v", i, err)
+		}
+	}
+}
+
 func TestApplyResolvesInsideTheRoot(t *testing.T) {
 	requireRoot(t)
 	resolvers(t, func(t *testing.T) {
-		t.Run("a relative symlink that stays inside is followed", func(t *testing.T) {
+		t.Run("a lower layer's relative symlink that stays inside is followed", func(t *testing.T) {
 			root := lt.TempDir(t, "in-")
-			err := apply(t, root, lt.Tar(t,
-				lt.Dir("usr", 0o755), lt.Dir("usr/lib", 0o755), lt.Symlink("lib", "usr/lib"),
-				lt.Dir("a", 0o755), lt.Symlink("a/up", "../usr"),
-				lt.File("lib/one", 0o644, "1"), lt.File("a/up/lib/two", 0o644, "2"),
-				lt.Hardlink("three", "lib/one"),
-			))
-			if err != nil {
-				t.Fatal(err)
-			}
+			applyLayers(t, root,
+				lt.Tar(t, lt.Dir("usr", 0o755), lt.Dir("usr/lib", 0o755), lt.Symlink("lib", "usr/lib"),
+					lt.Dir("a", 0o755), lt.Symlink("a/up", "../usr")),
+				lt.Tar(t, lt.File("lib/one", 0o644, "1"), lt.File("a/up/lib/two", 0o644, "2"),
+					lt.Hardlink("three", "lib/one")))
 			got := lt.Snapshot(t, root)
 			if got["usr/lib/one"] != "file 0644 0:0 1" || got["usr/lib/two"] != "file 0644 0:0 2" {
 				t.Errorf("writes through inner symlinks went elsewhere: %v", got)
@@ -365,16 +451,11 @@ func TestApplyResolvesInsideTheRoot(t *testing.T) {
 			os.Mkdir(root, 0o755)
 			hostRun := filepath.Join(host, "run")
 			os.Mkdir(hostRun, 0o755)
-			lower := lt.Tar(t, lt.Dir("run", 0o755), lt.Dir("var", 0o755), lt.Symlink("var/run", "/run"),
-				lt.File("run/old", 0o644, "old"))
-			upper := lt.Tar(t, lt.Dir("var", 0o755), lt.File("var/run/x", 0o644, "x"),
-				lt.Hardlink("var/run/y", "var/run/x"), lt.File("var/run/.wh.old", 0o644, ""))
-			for i, layer := range [][]byte{lower, upper} {
-				if err := apply(t, root, layer); err != nil {
-					t.Fatalf("layer %d: %v", i, err)
-				}
-			}
-			got := lt.Snapshot(t, root)
+			applyLayers(t, root,
+				lt.Tar(t, lt.Dir("run", 0o755), lt.Dir("var", 0o755), lt.Symlink("var/run", "/run"),
+					lt.File("run/old", 0o644, "old")),
+				lt.Tar(t, lt.Dir("var", 0o755), lt.File("var/run/x", 0o644, "x"),
+					lt.Hardlink("var/run/y", "var/run/x"), lt.File("var/run/.wh.old", 0o644, "")))
 			want := map[string]string{
 				"run":     "dir 0755 0:0",
 				"run/x":   "file 0644 0:0 x",
@@ -382,7 +463,7 @@ func TestApplyResolvesInsideTheRoot(t *testing.T) {
 				"var":     "dir 0755 0:0",
 				"var/run": "symlink 0:0 -> /run",
 			}
-			if d := lt.Diff(want, got); d != "" {
+			if d := lt.Diff(want, lt.Snapshot(t, root)); d != "" {
 				t.Fatalf("tree differs:\n%s", d)
 			}
 			if !lt.SameInode(t, filepath.Join(root, "run/x"), filepath.Join(root, "run/y")) {
@@ -392,24 +473,20 @@ func TestApplyResolvesInsideTheRoot(t *testing.T) {
 				t.Errorf("the host's %s got %v", hostRun, names)
 			}
 		})
-		t.Run("a write through a dangling absolute symlink makes its target under the root", func(t *testing.T) {
+		t.Run("a write through a lower layer's dangling absolute symlink makes its target under the root", func(t *testing.T) {
 			root := lt.TempDir(t, "in-")
-			err := apply(t, root, lt.Tar(t, lt.Dir("var", 0o755), lt.Symlink("var/lock", "/run/lock"),
-				lt.File("var/lock/pid", 0o644, "1")))
-			if err != nil {
-				t.Fatal(err)
-			}
+			applyLayers(t, root,
+				lt.Tar(t, lt.Dir("var", 0o755), lt.Symlink("var/lock", "/run/lock")),
+				lt.Tar(t, lt.File("var/lock/pid", 0o644, "1")))
 			if got := lt.Snapshot(t, root)["run/lock/pid"]; got != "file 0644 0:0 1" {
 				t.Errorf("run/lock/pid = %q", got)
 			}
 		})
-		t.Run("a relative symlink climbing above the root stops at the root", func(t *testing.T) {
+		t.Run("a lower layer's relative symlink climbing above the root stops at the root", func(t *testing.T) {
 			root := lt.TempDir(t, "in-")
-			err := apply(t, root, lt.Tar(t, lt.Dir("a", 0o755), lt.Symlink("a/top", "../../../.."),
-				lt.File("a/top/f", 0o644, "f")))
-			if err != nil {
-				t.Fatal(err)
-			}
+			applyLayers(t, root,
+				lt.Tar(t, lt.Dir("a", 0o755), lt.Symlink("a/top", "../../../..")),
+				lt.Tar(t, lt.File("a/top/f", 0o644, "f")))
 			if got := lt.Snapshot(t, root)["f"]; got != "file 0644 0:0 f" {
 				t.Errorf("f = %q", got)
 			}
@@ -427,6 +504,236 @@ func TestApplyResolvesInsideTheRoot(t *testing.T) {
 			err := apply(t, root, data[:300])
 			if !errdefs.IsInvalidArgument(err) {
 				t.Fatalf("Apply = %v, want InvalidArgument", err)
+			}
+		})
+	})
+}
+
+func TestApplyNeverFollowsItsOwnSymlinks(t *testing.T) {
+	requireRoot(t)
+	resolvers(t, func(t *testing.T) {
+		for _, c := range []struct {
+			name   string
+			lower  []*tar.Header
+			layer  []*tar.Header
+			refuse bool
+			want   map[string]string // entries of the root that must be so ("" = absent)
+		}{
+			{
+				name:   "a file beneath this layer's symlink to an inner directory is refused and not written",
+				layer:  []*tar.Header{lt.Dir("usr", 0o755), lt.Symlink("lib", "usr"), lt.File("lib/f", 0o644, "f")},
+				refuse: true,
+				want:   map[string]string{"lib": "symlink 0:0 -> usr", "usr/f": "", "lib/f": ""},
+			},
+			{
+				name:   "a directory beneath this layer's symlink is refused and not made",
+				layer:  []*tar.Header{lt.Symlink("lib", "/usr/lib"), lt.Dir("lib/sub", 0o755)},
+				refuse: true,
+				want:   map[string]string{"usr": ""},
+			},
+			{
+				name:  "this layer's symlink replaced by its directory is a directory again",
+				layer: []*tar.Header{lt.Symlink("s", "/etc"), lt.Dir("s", 0o750), lt.File("s/f", 0o644, "f")},
+				want:  map[string]string{"s": "dir 0750 0:0", "s/f": "file 0644 0:0 f", "etc": ""},
+			},
+			{
+				name:  "a lower layer's symlink replaced by this layer's directory is a directory",
+				lower: []*tar.Header{lt.Symlink("s", "/etc")},
+				layer: []*tar.Header{lt.Dir("s", 0o750), lt.File("s/f", 0o644, "f")},
+				want:  map[string]string{"s": "dir 0750 0:0", "s/f": "file 0644 0:0 f", "etc": ""},
+			},
+			{
+				name:  "a symlink this layer made beneath a lower layer's symlink is known at its resolved path",
+				lower: []*tar.Header{lt.Dir("usr/lib", 0o755), lt.Symlink("lib", "usr/lib")},
+				layer: []*tar.Header{lt.Symlink("lib/x", "/opt"), lt.File("usr/lib/x/f", 0o644, "f")},
+				// usr/lib/x is this layer's symlink, whatever name made it.
+				refuse: true,
+				want:   map[string]string{"usr/lib/x": "symlink 0:0 -> /opt", "opt": ""},
+			},
+			{
+				name:  "a directory this layer made and then replaced by a file leaves no time to set",
+				layer: []*tar.Header{lt.Dir("d", 0o755), lt.Dir("d/e", 0o755), lt.File("d", 0o644, "now a file")},
+				want:  map[string]string{"d": "file 0644 0:0 now a file"},
+			},
+		} {
+			t.Run(c.name, func(t *testing.T) {
+				root := lt.TempDir(t, "own-")
+				if c.lower != nil {
+					applyLayers(t, root, lt.Tar(t, c.lower...))
+				}
+				err := apply(t, root, lt.Tar(t, c.layer...))
+				switch {
+				case c.refuse && !errdefs.IsInvalidArgument(err):
+					t.Fatalf("Apply = %v, want InvalidArgument", err)
+				case c.refuse && !strings.Contains(err.Error(), "created by this layer"):
+					t.Errorf("Apply = %v, want it to name the layer's symlink", err)
+				case !c.refuse && err != nil:
+					t.Fatalf("Apply = %v", err)
+				}
+				got := lt.Snapshot(t, root)
+				for p, want := range c.want {
+					if got[p] != want {
+						t.Errorf("%s = %q, want %q", p, got[p], want)
+					}
+				}
+			})
+		}
+	})
+}
+
+// overlayStack applies layers as a snapshotter stacks them: the first onto
+// a plain directory, each next one onto a new upper directory over the
+// ones before (WithOverlayLowers). It returns the directories, topmost
+// first.
+func overlayStack(t *testing.T, base string, layers ...[]byte) []string {
+	t.Helper()
+	var dirs []string
+	for i, layer := range layers {
+		dir := filepath.Join(base, fmt.Sprintf("l%d", i))
+		if err := os.Mkdir(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		var opts []ApplyOption
+		if i > 0 {
+			opts = append(opts, WithOverlayLowers(dirs...))
+		}
+		if err := apply(t, dir, layer, opts...); err != nil {
+			t.Fatalf("layer %d: %v", i, err)
+		}
+		dirs = append([]string{dir}, dirs...)
+	}
+	return dirs
+}
+
+// mergedTree mounts dirs (topmost first) as a read-only overlay and
+// describes what it shows.
+func mergedTree(t *testing.T, base string, dirs []string) map[string]string {
+	t.Helper()
+	merged := filepath.Join(base, "merged")
+	if err := os.Mkdir(merged, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Mount("overlay", merged, "overlay", unix.MS_RDONLY, "lowerdir="+strings.Join(dirs, ":")); err != nil {
+		t.Fatalf("mount overlay: %v", err)
+	}
+	defer unix.Unmount(merged, unix.MNT_DETACH)
+	return lt.Snapshot(t, merged)
+}
+
+func TestApplyOntoOverlayUpperResolvesThroughLowers(t *testing.T) {
+	requireRoot(t)
+	resolvers(t, func(t *testing.T) {
+		t.Run("a write beneath a lower symlink var/run -> /run lands at <upper>/run and the merged tree keeps the symlink", func(t *testing.T) {
+			base := lt.TempDir(t, "ovl-")
+			dirs := overlayStack(t, base,
+				lt.Tar(t, lt.Dir("run", 0o755), lt.Dir("var", 0o755), lt.Symlink("var/run", "/run")),
+				lt.Tar(t, lt.File("var/run/x", 0o644, "x"), lt.Hardlink("var/run/y", "var/run/x")))
+			upper := lt.Snapshot(t, dirs[0])
+			if d := lt.Diff(map[string]string{"run": "dir 0755 0:0", "run/x": "file 0644 0:0 x", "run/y": "file 0644 0:0 x"}, upper); d != "" {
+				t.Errorf("upper directory differs:\n%s", d)
+			}
+			want := map[string]string{
+				"run":     "dir 0755 0:0",
+				"run/x":   "file 0644 0:0 x",
+				"run/y":   "file 0644 0:0 x",
+				"var":     "dir 0755 0:0",
+				"var/run": "symlink 0:0 -> /run",
+			}
+			if d := lt.Diff(want, mergedTree(t, base, dirs)); d != "" {
+				t.Fatalf("merged tree differs:\n%s", d)
+			}
+		})
+
+		t.Run("parents made in the upper copy the lower directory's mode, owner and times", func(t *testing.T) {
+			base := lt.TempDir(t, "ovl-")
+			varDir := lt.Owned(lt.Dir("var", 0o750), 5, 6)
+			libDir := lt.Owned(lt.Dir("var/lib", 0o2711), 7, 8)
+			old := time.Date(2010, 1, 2, 3, 4, 5, 0, time.UTC)
+			varDir.ModTime, libDir.ModTime = old, old
+			dirs := overlayStack(t, base,
+				lt.Tar(t, varDir, libDir),
+				lt.Tar(t, lt.File("var/lib/app/data", 0o600, "d")))
+			upper := lt.Snapshot(t, dirs[0])
+			want := map[string]string{
+				"var":              "dir 0750 5:6",
+				"var/lib":          "dir 2711 7:8",
+				"var/lib/app":      "dir 2755 0:8", // mkdir in a setgid directory
+				"var/lib/app/data": "file 0600 0:0 d",
+			}
+			if d := lt.Diff(want, upper); d != "" {
+				t.Errorf("upper directory differs:\n%s", d)
+			}
+			for _, p := range []string{"var", "var/lib"} {
+				var st unix.Stat_t
+				if err := unix.Lstat(filepath.Join(dirs[0], p), &st); err != nil {
+					t.Fatal(err)
+				}
+				if got := time.Unix(st.Mtim.Unix()); !got.Equal(old) {
+					t.Errorf("upper %s mtime %v, want the lower's %v", p, got, old)
+				}
+			}
+			if d := lt.Diff(want, mergedTree(t, base, dirs)); d != "" {
+				t.Errorf("merged tree differs:\n%s", d)
+			}
+		})
+
+		t.Run("a whiteout or opaque directory in a layer hides the lower entries it covers", func(t *testing.T) {
+			base := lt.TempDir(t, "ovl-")
+			dirs := overlayStack(t, base,
+				lt.Tar(t, lt.Dir("data", 0o755), lt.Symlink("srv", "/data"), lt.Symlink("opt", "/data"),
+					lt.Dir("etc", 0o755), lt.Owned(lt.Dir("etc/conf", 0o700), 3, 3), lt.File("etc/conf/old", 0o644, "old")),
+				// The middle layer whites out srv: the top layer's srv/x
+				// does not follow the bottom layer's symlink.
+				lt.Tar(t, lt.File(".wh.srv", 0o644, "")),
+				lt.Tar(t, lt.File("srv/x", 0o644, "x"),
+					lt.File(".wh.opt", 0o644, ""), lt.File("opt/y", 0o644, "y"),
+					lt.Dir("etc", 0o755), lt.File("etc/.wh..wh..opq", 0o644, ""), lt.File("etc/conf/new", 0o644, "new")))
+			want := map[string]string{
+				"data":         "dir 0755 0:0",
+				"srv":          "dir 0755 0:0",
+				"srv/x":        "file 0644 0:0 x",
+				"opt":          "dir 0755 0:0",
+				"opt/y":        "file 0644 0:0 y",
+				"etc":          "dir 0755 0:0",
+				"etc/conf":     "dir 0755 0:0",
+				"etc/conf/new": "file 0644 0:0 new",
+			}
+			if d := lt.Diff(want, mergedTree(t, base, dirs)); d != "" {
+				t.Fatalf("merged tree differs:\n%s", d)
+			}
+		})
+
+		t.Run("a write beneath a lower symlink of a lower directory the upper lacks is placed through it", func(t *testing.T) {
+			base := lt.TempDir(t, "ovl-")
+			dirs := overlayStack(t, base,
+				lt.Tar(t, lt.Dir("usr", 0o755), lt.Dir("usr/lib", 0o755), lt.Symlink("lib", "usr/lib"), lt.File("usr/lib/one", 0o644, "1")),
+				lt.Tar(t, lt.File("lib/two", 0o644, "2"), lt.Hardlink("lib/three", "lib/two")))
+			want := map[string]string{
+				"usr":           "dir 0755 0:0",
+				"usr/lib":       "dir 0755 0:0",
+				"usr/lib/one":   "file 0644 0:0 1",
+				"usr/lib/two":   "file 0644 0:0 2",
+				"usr/lib/three": "file 0644 0:0 2",
+				"lib":           "symlink 0:0 -> usr/lib",
+			}
+			if d := lt.Diff(want, mergedTree(t, base, dirs)); d != "" {
+				t.Fatalf("merged tree differs:\n%s", d)
+			}
+		})
+
+		t.Run("lower directories are never written", func(t *testing.T) {
+			base := lt.TempDir(t, "ovl-")
+			lowerLayer := lt.Tar(t, lt.Dir("run", 0o755), lt.Dir("var", 0o755), lt.Symlink("var/run", "/run"), lt.File("run/keep", 0o644, "k"))
+			dirs := overlayStack(t, base, lowerLayer)
+			before := lt.Snapshot(t, dirs[0])
+			upper := filepath.Join(base, "upper")
+			os.Mkdir(upper, 0o755)
+			if err := apply(t, upper, lt.Tar(t, lt.File("var/run/x", 0o644, "x"), lt.File("var/run/.wh.keep", 0o644, ""),
+				lt.File("run/.wh..wh..opq", 0o644, "")), WithOverlayLowers(dirs...)); err != nil {
+				t.Fatal(err)
+			}
+			if d := lt.Diff(before, lt.Snapshot(t, dirs[0])); d != "" {
+				t.Errorf("the lower directory changed:\n%s", d)
 			}
 		})
 	})

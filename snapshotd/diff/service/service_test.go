@@ -236,20 +236,17 @@ func TestServiceApply(t *testing.T) {
 
 	climb := strings.Repeat("../", 32)
 	for _, c := range []struct {
-		name string
-		// contained layers are applied with what they write kept under
-		// the root; the others are refused with InvalidArgument.
-		contained bool
-		layer     func(canary string) []byte
+		name  string
+		layer func(canary string) []byte
 	}{
-		{"path traversal is InvalidArgument", false, func(c string) []byte { return lt.Tar(t, lt.File(climb+c[1:], 0o644, "pwned")) }},
-		{"symlink escape is applied under the root", true, func(c string) []byte {
+		{"path traversal is InvalidArgument", func(c string) []byte { return lt.Tar(t, lt.File(climb+c[1:], 0o644, "pwned")) }},
+		{"symlink escape is InvalidArgument", func(c string) []byte {
 			return lt.Tar(t, lt.Symlink("escape", filepath.Dir(c)), lt.File("escape/"+filepath.Base(c), 0o644, "pwned"))
 		}},
-		{"hardlink to outside is InvalidArgument", false, func(c string) []byte {
+		{"hardlink to outside is InvalidArgument", func(c string) []byte {
 			return lt.Tar(t, lt.Hardlink("passwd", climb+c[1:]), lt.File("passwd", 0o644, "pwned"))
 		}},
-		{"absurd size is InvalidArgument", false, func(string) []byte {
+		{"absurd size is InvalidArgument", func(string) []byte {
 			h := lt.File("huge", 0o644, "short")
 			h.Size = 1 << 50
 			return lt.Tar(t, h)
@@ -261,17 +258,13 @@ func TestServiceApply(t *testing.T) {
 			root := filepath.Join(host, "root")
 			os.Mkdir(root, 0o755)
 			_, err := f.client.Apply(f.ctx, &diffapi.ApplyRequest{Diff: f.layer(t, "test", c.layer(canary.Path)), Mounts: bind(root)})
-			if c.contained {
-				if err != nil {
-					t.Fatalf("Apply = %v, want it applied under the root", err)
-				}
-				if b, err := os.ReadFile(filepath.Join(root, canary.Path)); err != nil || string(b) != "pwned" {
-					t.Errorf("the layer's file under the root: %q, %v", b, err)
-				}
-			} else if !errdefs.IsInvalidArgument(err) {
+			if !errdefs.IsInvalidArgument(err) {
 				t.Fatalf("Apply = %v, want InvalidArgument", err)
 			}
 			canary.Check(t, root)
+			if _, err := os.Lstat(filepath.Join(root, canary.Path)); !errors.Is(err, os.ErrNotExist) {
+				t.Errorf("the layer's file was written under the root (%v)", err)
+			}
 		})
 	}
 }
