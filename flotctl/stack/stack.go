@@ -110,7 +110,7 @@ func (l Layout) Services() []Service {
 			for _, b := range Order[:len(Order)-1] {
 				s.Args = append(s.Args, "--"+b, l.socket(b))
 			}
-		case "snapshotd":
+		case "snapshotd", "taskd":
 			s.Args = append(s.Args, "--eventd", l.socket("eventd"), "--contentd", l.socket("contentd"))
 		default:
 			s.Args = append(s.Args, "--eventd", l.socket("eventd"))

@@ -6,16 +6,21 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"os"
+	"path/filepath"
 
 	containersapi "github.com/containerd/containerd/api/services/containers/v1"
 	api "github.com/containerd/containerd/api/services/tasks/v1"
 	"github.com/containerd/containerd/api/types"
+	runcoptions "github.com/containerd/containerd/api/types/runc/options"
 	tasktypes "github.com/containerd/containerd/api/types/task"
 	"github.com/containerd/errdefs"
+	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/emptypb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/flotilla/flotilla/services/filters"
+	"github.com/flotilla/flotilla/taskd/checkpoint"
 	"github.com/flotilla/flotilla/taskd/runtime"
 )
 
@@ -30,16 +35,33 @@ type Service struct {
 	api.UnimplementedTasksServer
 	containers Containers
 	runtime    *runtime.Manager
+	content    checkpoint.Ingester
 	log        *slog.Logger
+
+	// checkpointer finds the task Checkpoint dumps and criuUsable says
+	// whether CRIU can dump it: runtime.Manager.Get and runtime.CRIUUsable,
+	// replaced in this package's tests.
+	checkpointer func(ctx context.Context, id string) (checkpointer, error)
+	criuUsable   func(ctx context.Context) error
+}
+
+// checkpointer is the part of a runtime.Task that Checkpoint uses.
+type checkpointer interface {
+	// Checkpoint dumps the task's container with CRIU into dir.
+	Checkpoint(ctx context.Context, dir string, options *anypb.Any) error
 }
 
 // NewService returns the Tasks service creating tasks for the containers
-// found in containers, through runtime.
-func NewService(containers Containers, rt *runtime.Manager, log *slog.Logger) *Service {
+// found in containers, through runtime. Checkpoints are stored through
+// content (contentd); with a nil content, Checkpoint can only write to an
+// image path the client gives.
+func NewService(containers Containers, rt *runtime.Manager, content checkpoint.Ingester, log *slog.Logger) *Service {
 	if log == nil {
 		log = slog.Default()
 	}
-	return &Service{containers: containers, runtime: rt, log: log}
+	s := &Service{containers: containers, runtime: rt, content: content, log: log, criuUsable: runtime.CRIUUsable}
+	s.checkpointer = func(ctx context.Context, id string) (checkpointer, error) { return s.runtime.Get(ctx, id) }
+	return s
 }
 
 // Create implements api.TasksServer.
@@ -255,17 +277,68 @@ func (s *Service) ListPids(ctx context.Context, req *api.ListPidsRequest) (*api.
 	return &api.ListPidsResponse{Processes: procs}, nil
 }
 
-// Checkpoint implements api.TasksServer. Checkpoints need a working CRIU;
-// with one, taskd still answers NotImplemented, as it does not yet store
-// checkpoint images in contentd.
+// Checkpoint implements api.TasksServer as containerd does. It needs a
+// working CRIU (FailedPrecondition otherwise). The shim dumps the container
+// into a temporary directory, which is stored in contentd as an
+// uncompressed tar, next to the container's spec; the answer holds the two
+// descriptors. The blobs are written in the caller's namespace and under
+// its lease, so the client can reference them before the lease ends. When
+// the runc options name an image path, the dump stays there and nothing is
+// stored, as with containerd.
 func (s *Service) Checkpoint(ctx context.Context, req *api.CheckpointTaskRequest) (*api.CheckpointTaskResponse, error) {
-	if _, err := s.runtime.Get(ctx, req.GetContainerID()); err != nil {
+	id := req.GetContainerID()
+	c, err := s.containers.Get(ctx, id)
+	if err != nil {
 		return nil, err
 	}
-	if err := runtime.CRIUUsable(ctx); err != nil {
-		return nil, fmt.Errorf("checkpoint task %q: %w", req.ContainerID, err)
+	t, err := s.checkpointer(ctx, id)
+	if err != nil {
+		return nil, err
 	}
-	return nil, fmt.Errorf("checkpoint task %q: storing checkpoint images is not supported by taskd: %w", req.ContainerID, errdefs.ErrNotImplemented)
+	if err := s.criuUsable(ctx); err != nil {
+		return nil, fmt.Errorf("checkpoint task %q: %w", id, err)
+	}
+	if path := imagePath(req.GetOptions()); path != "" {
+		if err := t.Checkpoint(ctx, path, req.GetOptions()); err != nil {
+			return nil, fmt.Errorf("checkpoint task %q: %w", id, err)
+		}
+		return &api.CheckpointTaskResponse{}, nil
+	}
+	if s.content == nil {
+		return nil, fmt.Errorf("checkpoint task %q: taskd has no content store to keep checkpoints in: %w", id, errdefs.ErrFailedPrecondition)
+	}
+	dir, err := os.MkdirTemp("", "taskd-checkpoint-")
+	if err != nil {
+		return nil, fmt.Errorf("checkpoint task %q: %w", id, err)
+	}
+	defer func() {
+		if err := os.RemoveAll(dir); err != nil {
+			s.log.Warn("checkpoint: remove image directory", "dir", dir, "error", err)
+		}
+	}()
+	if err := t.Checkpoint(ctx, dir, req.GetOptions()); err != nil {
+		return nil, fmt.Errorf("checkpoint task %q: %w", id, err)
+	}
+	// The directory's name makes the ingest refs unique, as containerd
+	// uses its image path.
+	descs, err := checkpoint.Store(ctx, s.content, filepath.Base(dir), dir, c.GetSpec())
+	if err != nil {
+		return nil, fmt.Errorf("checkpoint task %q: %w", id, err)
+	}
+	return &api.CheckpointTaskResponse{Descriptors: descs}, nil
+}
+
+// imagePath is the directory runc checkpoint options ask the dump to be
+// left in, or "" (other options, or none).
+func imagePath(options *anypb.Any) string {
+	var o runcoptions.CheckpointOptions
+	if options == nil || !options.MessageIs(&o) {
+		return ""
+	}
+	if err := options.UnmarshalTo(&o); err != nil {
+		return "" // the shim reports options it cannot read
+	}
+	return o.GetImagePath()
 }
 
 // Update implements api.TasksServer.

@@ -20,8 +20,10 @@ import (
 
 	"github.com/flotilla/flotilla/services/config"
 	"github.com/flotilla/flotilla/services/daemon"
+	"github.com/flotilla/flotilla/services/dial"
 	"github.com/flotilla/flotilla/services/introspect"
 	"github.com/flotilla/flotilla/services/server"
+	"github.com/flotilla/flotilla/taskd/checkpoint"
 	"github.com/flotilla/flotilla/taskd/containers"
 	"github.com/flotilla/flotilla/taskd/forward"
 	"github.com/flotilla/flotilla/taskd/metadata"
@@ -40,6 +42,9 @@ type taskdConfig struct {
 	// Eventd is the address of eventd (or of the gateway) to publish
 	// events to; empty drops them.
 	Eventd string `toml:"eventd"`
+	// Contentd is the address of contentd (or of the gateway), where
+	// checkpoints are stored.
+	Contentd string `toml:"contentd"`
 	// Runtimes maps runtime names to shim binaries.
 	Runtimes map[string]runtimeConfig `toml:"runtimes"`
 }
@@ -67,6 +72,8 @@ func spec(cfg *taskdConfig) daemon.Spec {
 		Flags: func(fs *flag.FlagSet) {
 			fs.StringVar(&cfg.Eventd, "eventd", "",
 				"address of eventd or the gateway (unix socket or tcp://host:port) to publish events to; empty discards them")
+			fs.StringVar(&cfg.Contentd, "contentd", filepath.Join(config.DefaultState(), "contentd.sock"),
+				"address of contentd or the gateway (unix socket or tcp://host:port), where task checkpoints are stored")
 		},
 		Plugins: plugins,
 		Setup:   func(ctx context.Context, srv *server.Server) error { return setup(ctx, srv, cfg) },
@@ -129,9 +136,17 @@ func setup(ctx context.Context, srv *server.Server, cfg *taskdConfig) error {
 		return err
 	}
 
+	// Checkpoints are stored in contentd; the connection is lazy, so
+	// taskd starts without it.
+	contentConn, err := dial.Dial(cfg.Contentd)
+	if err != nil {
+		return fmt.Errorf("contentd: %w", err)
+	}
+	srv.OnStop(func() { contentConn.Close() })
+
 	store := containers.NewStore(db)
 	containersapi.RegisterContainersServer(srv.GRPC(), containers.NewService(store, manager, publisher, log))
-	tasksapi.RegisterTasksServer(srv.GRPC(), tasks.NewService(store, manager, log))
+	tasksapi.RegisterTasksServer(srv.GRPC(), tasks.NewService(store, manager, checkpoint.NewRemote(contentConn), log))
 	eventsapi.RegisterEventsServer(srv.GRPC(), forward.NewGRPC(manager))
 	return nil
 }
