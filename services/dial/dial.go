@@ -44,6 +44,10 @@ func Options() []grpc.DialOption {
 			Backoff:           backoff.Config{BaseDelay: 50 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: time.Second},
 			MinConnectTimeout: time.Second,
 		}),
+		grpc.WithInitialWindowSize(server.StreamWindow),
+		grpc.WithInitialConnWindowSize(server.ConnWindow),
+		grpc.WithReadBufferSize(server.IOBuffer),
+		grpc.WithWriteBufferSize(server.IOBuffer),
 	}
 }
 

@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"os/signal"
 	"syscall"
@@ -28,6 +29,14 @@ import (
 	servicev1 "github.com/flotilla/flotilla/proto/service/v1"
 	"github.com/flotilla/flotilla/services/config"
 	"github.com/flotilla/flotilla/services/version"
+)
+
+// Flow-control windows and socket buffers for calls between services (dial
+// uses the same on its side).
+const (
+	StreamWindow = 4 << 20
+	ConnWindow   = 16 << 20
+	IOBuffer     = 256 << 10
 )
 
 // Server is one daemon's gRPC server with everything around it.
@@ -77,6 +86,13 @@ func New(name string, cfg config.Common, log *slog.Logger, opts ...Option) *Serv
 	grpcOpts := append([]grpc.ServerOption{
 		grpc.ChainUnaryInterceptor(metrics.UnaryServerInterceptor(), errorsUnary, logUnary(log), namespaceUnary),
 		grpc.ChainStreamInterceptor(metrics.StreamServerInterceptor(), errorsStream, logStream(log), namespaceStream),
+		// Blobs and layers move in 1 MiB messages: windows that hold several
+		// of them keep a sender from stalling on flow control, and larger
+		// buffers cut the syscalls per message.
+		grpc.InitialWindowSize(StreamWindow),
+		grpc.InitialConnWindowSize(ConnWindow),
+		grpc.ReadBufferSize(IOBuffer),
+		grpc.WriteBufferSize(IOBuffer),
 	}, o.grpcOpts...)
 
 	s := &Server{
@@ -146,6 +162,11 @@ func (s *Server) Run(ctx context.Context) error {
 		}
 		mux := http.NewServeMux()
 		mux.Handle("/metrics", promhttp.HandlerFor(s.registry, promhttp.HandlerOpts{Registry: s.registry}))
+		// Profiles, as containerd serves them on its debug address.
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 		metricsSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 		go func() {
 			if err := metricsSrv.Serve(ml); err != nil && !errors.Is(err, http.ErrServerClosed) {
