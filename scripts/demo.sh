@@ -25,11 +25,10 @@ ctr images ls
 echo "==> running a container (taskd, taskd-shim, runc)"
 ctr run --rm "$REF" "demo-$$" echo "Hello from a container run by Flotilla"
 
-cat <<MSG
-
-Flotilla is up. Try:
-  ctr --address $ADDR -n demo run --rm -t $REF shell sh     # a shell in a container
-  ctr --address $ADDR events                                # watch events
-  $BIN/flotctl --address $ADDR stack status                 # every service and its health
-  make down                                                 # stop the stack
-MSG
+echo
+echo "Flotilla is up. Try:"
+printf '  %-76s # %s\n' \
+	"ctr --address $ADDR -n demo run --rm -t $REF shell sh" "a shell in a container" \
+	"ctr --address $ADDR events" "watch events" \
+	"$BIN/flotctl --address $ADDR stack status" "every service and its health" \
+	"make down" "stop the stack"
