@@ -210,6 +210,21 @@ func TestStackStatusShowsEveryService(t *testing.T) {
 	if !regexp.MustCompile(`(?m)^snapshotd\s+\S+\s+UNREACHABLE`).MatchString(string(out)) {
 		t.Errorf("status does not show snapshotd unreachable:\n%s", out)
 	}
+
+	// Without the gateway, flotctl asks each local daemon itself, and fails.
+	s.Kill9("gateway")
+	cmd := exec.Command(filepath.Join(binDir, "flotctl"), "--address", s.Socket, "stack", "status")
+	cmd.Env = append(os.Environ(), "FLOTILLA_ROOT="+s.Layout.Root, "FLOTILLA_STATE="+s.Layout.State,
+		"FLOTILLA_METRICS_PORT="+strconv.Itoa(s.Layout.MetricsBasePort))
+	out, err = cmd.Output()
+	if err == nil {
+		t.Errorf("stack status with the gateway down exited 0")
+	}
+	for _, want := range []string{`(?m)^gateway\s+\S+\s+UNREACHABLE`, `(?m)^contentd\s+\S+\s+SERVING`, `(?m)^snapshotd\s+\S+\s+UNREACHABLE`} {
+		if !regexp.MustCompile(want).MatchString(string(out)) {
+			t.Errorf("status without the gateway does not match %s:\n%s", want, out)
+		}
+	}
 }
 
 func TestEveryDaemonExplainsItself(t *testing.T) {

@@ -8,9 +8,12 @@ import (
 	"text/tabwriter"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
 
 	gatewayv1 "github.com/flotilla/flotilla/proto/gateway/v1"
+	servicev1 "github.com/flotilla/flotilla/proto/service/v1"
 )
 
 // Status asks the gateway on socket for the state of every service it fronts.
@@ -25,6 +28,35 @@ func Status(ctx context.Context, socket string) (*gatewayv1.StackStatusResponse,
 		return nil, fmt.Errorf("gateway at %s: %w", socket, err)
 	}
 	return resp, nil
+}
+
+// LocalStatus asks each daemon of layout l on this node for its health and
+// info directly, for when the gateway itself is down.
+func LocalStatus(ctx context.Context, l Layout) *gatewayv1.StackStatusResponse {
+	resp := &gatewayv1.StackStatusResponse{}
+	for _, s := range l.Services() {
+		st := &gatewayv1.ServiceStatus{Name: s.Name, Address: s.Socket, Health: "UNREACHABLE"}
+		if h, err := Health(ctx, s.Socket); err != nil {
+			st.Error = status.Convert(err).Message()
+			if status.Code(err) == codes.Unavailable {
+				st.Error = "not answering on its socket"
+			}
+		} else {
+			st.Health = h.String()
+			st.Info, _ = info(ctx, s.Socket)
+		}
+		resp.Services = append(resp.Services, st)
+	}
+	return resp
+}
+
+func info(ctx context.Context, socket string) (*servicev1.GetInfoResponse, error) {
+	conn, err := grpc.NewClient("unix://"+socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Close()
+	return servicev1.NewInfoClient(conn).Get(ctx, &servicev1.GetInfoRequest{})
 }
 
 // PrintStatus writes one line per service: name, address, health, version,

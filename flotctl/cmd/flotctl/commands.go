@@ -75,7 +75,10 @@ func newStackCommand() *cobra.Command {
 			defer cancel()
 			resp, err := stack.Status(ctx, addr)
 			if err != nil {
-				return err
+				// Without the gateway, ask this node's daemons one by one.
+				fmt.Fprintf(cmd.ErrOrStderr(), "flotctl: %v\nasking each local service directly:\n", err)
+				stack.PrintStatus(cmd.OutOrStdout(), stack.LocalStatus(ctx, stack.DefaultLayout(*bin)))
+				return fmt.Errorf("the gateway at %s is not answering", addr)
 			}
 			return stack.PrintStatus(cmd.OutOrStdout(), resp)
 		},
