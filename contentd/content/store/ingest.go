@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash"
 	"io"
 	"io/fs"
 	"os"
@@ -354,7 +355,7 @@ type writer struct {
 	dir      string
 	f        *os.File
 	alg      digest.Algorithm
-	h        *hasher
+	h        hash.Hash
 	status   content.Status
 	released bool
 }
@@ -367,21 +368,20 @@ func (w *writer) resume() error {
 	if err != nil {
 		return err
 	}
-	h := w.alg.Hash()
-	w.h = newHasher(h)
+	w.h = w.alg.Hash()
 	saved, err := os.ReadFile(filepath.Join(w.dir, hashFile))
 	// Whatever happens next changes the data, so the saved state is stale.
 	os.Remove(filepath.Join(w.dir, hashFile))
 	if err == nil && len(saved) > 8 && int64(binary.BigEndian.Uint64(saved)) == size {
-		if u, ok := h.(encoding.BinaryUnmarshaler); ok && u.UnmarshalBinary(saved[8:]) == nil {
+		if u, ok := w.h.(encoding.BinaryUnmarshaler); ok && u.UnmarshalBinary(saved[8:]) == nil {
 			return nil
 		}
-		h.Reset()
+		w.h.Reset()
 	}
 	if size == 0 {
 		return nil
 	}
-	if _, err := io.CopyBuffer(h, io.NewSectionReader(w.f, 0, size), make([]byte, copyBuffer)); err != nil {
+	if _, err := io.CopyBuffer(w.h, io.NewSectionReader(w.f, 0, size), make([]byte, copyBuffer)); err != nil {
 		return err
 	}
 	return nil
@@ -406,7 +406,7 @@ func (w *writer) Write(p []byte) (int, error) {
 func (w *writer) Status() content.Status { return w.status }
 
 // Digest implements content.Writer.
-func (w *writer) Digest() digest.Digest { return digest.NewDigest(w.alg, w.h.Sync()) }
+func (w *writer) Digest() digest.Digest { return digest.NewDigest(w.alg, w.h) }
 
 // Truncate implements content.Writer.
 func (w *writer) Truncate(size int64) error {
@@ -422,7 +422,7 @@ func (w *writer) Truncate(size int64) error {
 	if _, err := w.f.Seek(0, io.SeekStart); err != nil {
 		return err
 	}
-	w.h.Sync().Reset()
+	w.h.Reset()
 	w.status.Offset = 0
 	w.status.UpdatedAt = time.Now().UTC()
 	return nil
@@ -434,7 +434,7 @@ func (w *writer) Close() error {
 	if w.released {
 		return nil
 	}
-	if m, ok := w.h.Sync().(encoding.BinaryMarshaler); ok {
+	if m, ok := w.h.(encoding.BinaryMarshaler); ok {
 		if state, err := m.MarshalBinary(); err == nil {
 			saved := binary.BigEndian.AppendUint64(nil, uint64(w.status.Offset))
 			// Best effort: a missing or stale state only costs a re-read.
@@ -450,7 +450,6 @@ func (w *writer) release() error {
 		return nil
 	}
 	w.released = true
-	w.h.Stop()
 	err := w.f.Close()
 	w.s.unlock(w.dir)
 	return err
