@@ -11,8 +11,8 @@ import (
 
 	"github.com/containerd/errdefs"
 
+	"github.com/flotilla/flotilla/services/mount"
 	"github.com/flotilla/flotilla/snapshotd/internal/plugintest"
-	"github.com/flotilla/flotilla/snapshotd/mount"
 	"github.com/flotilla/flotilla/snapshotd/sdk"
 	"github.com/flotilla/flotilla/snapshotd/snapshotter"
 )
@@ -91,7 +91,7 @@ func mountActive(t *testing.T, s snapshotter.Snapshotter, key string) string {
 		t.Fatal(err)
 	}
 	dir := t.TempDir()
-	if err := mount.All(ms, dir); err != nil {
+	if err := mount.All(sdk.MountsToProto(ms), dir); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { mount.Unmount(dir) })

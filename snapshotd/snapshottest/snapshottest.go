@@ -17,7 +17,8 @@ import (
 	"github.com/containerd/errdefs"
 	"golang.org/x/sys/unix"
 
-	"github.com/flotilla/flotilla/snapshotd/mount"
+	"github.com/flotilla/flotilla/services/mount"
+	"github.com/flotilla/flotilla/snapshotd/sdk"
 	"github.com/flotilla/flotilla/snapshotd/snapshotter"
 )
 
@@ -139,7 +140,7 @@ func layer(t *testing.T, ctx context.Context, s snapshotter.Snapshotter, name, p
 func withMounted(t *testing.T, ms []snapshotter.Mount, fn func(dir string)) {
 	t.Helper()
 	dir := t.TempDir()
-	if err := mount.All(ms, dir); err != nil {
+	if err := mount.All(sdk.MountsToProto(ms), dir); err != nil {
 		t.Fatalf("mount %+v: %v", ms, err)
 	}
 	defer func() {

@@ -56,7 +56,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
-	"github.com/flotilla/flotilla/taskd/shim/mount"
+	"github.com/flotilla/flotilla/services/mount"
 	"github.com/flotilla/flotilla/taskd/shim/publish"
 	"github.com/flotilla/flotilla/taskd/shim/reaper"
 	"github.com/flotilla/flotilla/taskd/shim/task"

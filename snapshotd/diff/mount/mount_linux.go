@@ -1,5 +1,6 @@
-// Package mount mounts the containerd mount lists (types.Mount) that the
-// diff service is handed, for as long as one operation needs them.
+// Package mount reads and mounts the containerd mount lists (types.Mount)
+// that the diff service is handed, for as long as one operation needs them.
+// The mounting itself is the kit's (services/mount).
 package mount
 
 import (
@@ -7,14 +8,12 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 	"slices"
 	"strings"
-	"time"
 
 	"github.com/containerd/containerd/api/types"
-	"github.com/containerd/errdefs"
-	"golang.org/x/sys/unix"
+
+	"github.com/flotilla/flotilla/services/mount"
 )
 
 // Overlay reads an overlay mount's directories: its upper directory ("" for
@@ -93,217 +92,16 @@ func WithTempMount(ctx context.Context, ms []*types.Mount, fn func(root string) 
 	if err != nil {
 		return fmt.Errorf("temporary mount point: %w", err)
 	}
-	mounted, err := All(ms, dir)
+	if err := mount.All(ms, dir); err != nil {
+		os.Remove(dir) // All unmounted what it mounted
+		return err
+	}
 	defer func() {
-		if uerr := unmountAll(mounted); uerr != nil {
+		if uerr := mount.UnmountAll(ms, dir); uerr != nil {
 			err = errors.Join(err, uerr)
 			return // never remove a directory something may still be mounted on
 		}
 		os.Remove(dir)
 	}()
-	if err != nil {
-		return err
-	}
 	return fn(dir)
-}
-
-// All mounts ms on target in order (a mount with a Target goes on that
-// path beneath target) and returns the mount points, in mount order; if
-// one fails, it unmounts what it mounted and returns the error.
-func All(ms []*types.Mount, target string) ([]string, error) {
-	var mounted []string
-	for _, m := range ms {
-		t := target
-		if sub := m.GetTarget(); sub != "" {
-			t = filepath.Join(target, filepath.Clean("/"+sub))
-		}
-		if err := Mount(m, t); err != nil {
-			return nil, errors.Join(err, unmountAll(mounted))
-		}
-		mounted = append(mounted, t)
-	}
-	return mounted, nil
-}
-
-// unmountAll unmounts mount points in the reverse of their mount order.
-func unmountAll(mounted []string) error {
-	var errs []error
-	for i := len(mounted) - 1; i >= 0; i-- {
-		errs = append(errs, Unmount(mounted[i]))
-	}
-	return errors.Join(errs...)
-}
-
-type flag struct {
-	clear bool
-	flag  uintptr
-}
-
-var flags = map[string]flag{
-	"async":         {true, unix.MS_SYNCHRONOUS},
-	"atime":         {true, unix.MS_NOATIME},
-	"bind":          {false, unix.MS_BIND},
-	"defaults":      {false, 0},
-	"dev":           {true, unix.MS_NODEV},
-	"diratime":      {true, unix.MS_NODIRATIME},
-	"dirsync":       {false, unix.MS_DIRSYNC},
-	"exec":          {true, unix.MS_NOEXEC},
-	"noatime":       {false, unix.MS_NOATIME},
-	"nodev":         {false, unix.MS_NODEV},
-	"nodiratime":    {false, unix.MS_NODIRATIME},
-	"noexec":        {false, unix.MS_NOEXEC},
-	"norelatime":    {true, unix.MS_RELATIME},
-	"nostrictatime": {true, unix.MS_STRICTATIME},
-	"nosuid":        {false, unix.MS_NOSUID},
-	"rbind":         {false, unix.MS_BIND | unix.MS_REC},
-	"relatime":      {false, unix.MS_RELATIME},
-	"remount":       {false, unix.MS_REMOUNT},
-	"ro":            {false, unix.MS_RDONLY},
-	"rw":            {true, unix.MS_RDONLY},
-	"strictatime":   {false, unix.MS_STRICTATIME},
-	"suid":          {true, unix.MS_NOSUID},
-	"sync":          {false, unix.MS_SYNCHRONOUS},
-}
-
-var propagation = map[string]uintptr{
-	"private": unix.MS_PRIVATE, "rprivate": unix.MS_PRIVATE | unix.MS_REC,
-	"shared": unix.MS_SHARED, "rshared": unix.MS_SHARED | unix.MS_REC,
-	"slave": unix.MS_SLAVE, "rslave": unix.MS_SLAVE | unix.MS_REC,
-	"unbindable": unix.MS_UNBINDABLE, "runbindable": unix.MS_UNBINDABLE | unix.MS_REC,
-}
-
-func parseOptions(opts []string) (flagsOut, prop uintptr, data []string) {
-	for _, o := range opts {
-		if f, ok := flags[o]; ok {
-			if f.clear {
-				flagsOut &^= f.flag
-			} else {
-				flagsOut |= f.flag
-			}
-			continue
-		}
-		if p, ok := propagation[o]; ok {
-			prop |= p
-			continue
-		}
-		data = append(data, o)
-	}
-	return flagsOut, prop, data
-}
-
-// Mount mounts m on target. A read-only bind mount is a bind mount
-// remounted read-only, as the kernel wants it. An overlay whose options do
-// not fit in the one page mount(2) takes is mounted with fsopen(2), one
-// lower directory at a time.
-func Mount(m *types.Mount, target string) error {
-	fl, prop, data := parseOptions(m.GetOptions())
-	typ := m.GetType()
-	joined := strings.Join(data, ",")
-	var err error
-	if typ == "overlay" && len(joined) >= os.Getpagesize()-1 {
-		err = mountOverlayFS(target, fl, data)
-	} else {
-		err = unix.Mount(m.GetSource(), target, typ, fl&^unix.MS_RDONLY|onlyIfNotBind(fl), joined)
-		if err == nil && fl&unix.MS_BIND != 0 && fl&^(unix.MS_BIND|unix.MS_REC) != 0 {
-			err = unix.Mount("", target, "", fl|unix.MS_REMOUNT, "")
-			if err != nil {
-				unix.Unmount(target, unix.MNT_DETACH)
-			}
-		}
-	}
-	if err != nil {
-		return fmt.Errorf("mount %s (%s) on %s: %w", m.GetSource(), typ, target, mountErr(err))
-	}
-	if prop != 0 {
-		if err := unix.Mount("", target, "", prop, ""); err != nil {
-			Unmount(target)
-			return fmt.Errorf("mount propagation of %s: %w", target, err)
-		}
-	}
-	return nil
-}
-
-// onlyIfNotBind keeps MS_RDONLY for a first mount unless it is a bind
-// mount, which ignores it and needs a remount.
-func onlyIfNotBind(fl uintptr) uintptr {
-	if fl&unix.MS_BIND != 0 {
-		return 0
-	}
-	return fl & unix.MS_RDONLY
-}
-
-func mountErr(err error) error {
-	switch {
-	case errors.Is(err, unix.ENOENT):
-		return errors.Join(err, errdefs.ErrNotFound)
-	case errors.Is(err, unix.EINVAL), errors.Is(err, unix.ENOTDIR):
-		return errors.Join(err, errdefs.ErrInvalidArgument)
-	}
-	return err
-}
-
-func mountOverlayFS(target string, fl uintptr, data []string) error {
-	fsfd, err := unix.Fsopen("overlay", unix.FSOPEN_CLOEXEC)
-	if err != nil {
-		return fmt.Errorf("fsopen overlay: %w", err)
-	}
-	defer unix.Close(fsfd)
-	for _, o := range data {
-		k, v, hasValue := strings.Cut(o, "=")
-		switch {
-		case k == "lowerdir":
-			for _, l := range strings.Split(v, ":") {
-				if err := unix.FsconfigSetString(fsfd, "lowerdir+", l); err != nil {
-					return fmt.Errorf("overlay lowerdir+ %s: %w", l, err)
-				}
-			}
-		case hasValue:
-			err = unix.FsconfigSetString(fsfd, k, v)
-		default:
-			err = unix.FsconfigSetFlag(fsfd, k)
-		}
-		if err != nil {
-			return fmt.Errorf("overlay option %s: %w", o, err)
-		}
-	}
-	if err := unix.FsconfigCreate(fsfd); err != nil {
-		return fmt.Errorf("overlay create: %w", err)
-	}
-	var attr int
-	for f, a := range map[uintptr]int{unix.MS_RDONLY: unix.MOUNT_ATTR_RDONLY, unix.MS_NOSUID: unix.MOUNT_ATTR_NOSUID, unix.MS_NODEV: unix.MOUNT_ATTR_NODEV, unix.MS_NOEXEC: unix.MOUNT_ATTR_NOEXEC} {
-		if fl&f != 0 {
-			attr |= a
-		}
-	}
-	mfd, err := unix.Fsmount(fsfd, unix.FSMOUNT_CLOEXEC, attr)
-	if err != nil {
-		return fmt.Errorf("fsmount overlay: %w", err)
-	}
-	defer unix.Close(mfd)
-	if err := unix.MoveMount(mfd, "", unix.AT_FDCWD, target, unix.MOVE_MOUNT_F_EMPTY_PATH); err != nil {
-		return fmt.Errorf("move_mount overlay: %w", err)
-	}
-	return nil
-}
-
-// Unmount unmounts target, retrying while it is busy and detaching it
-// lazily as a last resort. A target with nothing mounted is no error.
-func Unmount(target string) error {
-	for range 50 {
-		err := unix.Unmount(target, 0)
-		switch {
-		case err == nil:
-			return nil
-		case errors.Is(err, unix.EINVAL), errors.Is(err, unix.ENOENT):
-			return nil // not a mount point (any more)
-		case errors.Is(err, unix.EBUSY):
-			time.Sleep(20 * time.Millisecond)
-			continue
-		}
-		return fmt.Errorf("unmount %s: %w", target, err)
-	}
-	if err := unix.Unmount(target, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) {
-		return fmt.Errorf("unmount %s: %w", target, err)
-	}
-	return nil
 }

@@ -43,7 +43,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 
-	"github.com/flotilla/flotilla/taskd/shim/mount"
+	"github.com/flotilla/flotilla/services/mount"
 )
 
 const testNamespace = "shimtest"

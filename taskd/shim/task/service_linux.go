@@ -40,8 +40,8 @@ import (
 	"google.golang.org/protobuf/types/known/emptypb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/flotilla/flotilla/services/mount"
 	"github.com/flotilla/flotilla/taskd/shim/cgroup"
-	"github.com/flotilla/flotilla/taskd/shim/mount"
 	"github.com/flotilla/flotilla/taskd/shim/stdio"
 )
 

@@ -1,0 +1,321 @@
+// Package mount mounts containerd mount descriptions (containerd.types.Mount:
+// a type, a source and fstab-style options) onto a target and unmounts them
+// again. It is what snapshotd (which prepares mounts and applies diffs onto
+// them) and taskd's shim (which mounts a container's root filesystem) share.
+//
+// Supported are bind mounts (type "bind"/"rbind" or a "bind"/"rbind"
+// option; read-only and the other per-mount flags take effect by a remount,
+// as the kernel wants it), overlay mounts, including those whose options do
+// not fit in the one page mount(2) takes (mounted with fsopen(2), one lower
+// directory at a time, Linux 6.8+), and any other filesystem the kernel knows
+// by type.
+//
+// Errors are wrapped with the mount they concern and classified with errdefs:
+// a missing source or target is NotFound, an option or type the kernel
+// refuses is InvalidArgument.
+package mount
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/containerd/containerd/api/types"
+	"github.com/containerd/errdefs"
+	"golang.org/x/sys/unix"
+)
+
+// flag is what an fstab option does to the mount flags: set or clear bits.
+type flag struct {
+	clear bool
+	bits  uintptr
+}
+
+var flags = map[string]flag{
+	"async":         {true, unix.MS_SYNCHRONOUS},
+	"atime":         {true, unix.MS_NOATIME},
+	"bind":          {false, unix.MS_BIND},
+	"defaults":      {false, 0},
+	"dev":           {true, unix.MS_NODEV},
+	"diratime":      {true, unix.MS_NODIRATIME},
+	"dirsync":       {false, unix.MS_DIRSYNC},
+	"exec":          {true, unix.MS_NOEXEC},
+	"mand":          {false, unix.MS_MANDLOCK},
+	"noatime":       {false, unix.MS_NOATIME},
+	"nodev":         {false, unix.MS_NODEV},
+	"nodiratime":    {false, unix.MS_NODIRATIME},
+	"noexec":        {false, unix.MS_NOEXEC},
+	"nomand":        {true, unix.MS_MANDLOCK},
+	"norelatime":    {true, unix.MS_RELATIME},
+	"nostrictatime": {true, unix.MS_STRICTATIME},
+	"nosuid":        {false, unix.MS_NOSUID},
+	"rbind":         {false, unix.MS_BIND | unix.MS_REC},
+	"relatime":      {false, unix.MS_RELATIME},
+	"remount":       {false, unix.MS_REMOUNT},
+	"ro":            {false, unix.MS_RDONLY},
+	"rw":            {true, unix.MS_RDONLY},
+	"strictatime":   {false, unix.MS_STRICTATIME},
+	"suid":          {true, unix.MS_NOSUID},
+	"sync":          {false, unix.MS_SYNCHRONOUS},
+}
+
+var propagation = map[string]uintptr{
+	"private": unix.MS_PRIVATE, "rprivate": unix.MS_PRIVATE | unix.MS_REC,
+	"shared": unix.MS_SHARED, "rshared": unix.MS_SHARED | unix.MS_REC,
+	"slave": unix.MS_SLAVE, "rslave": unix.MS_SLAVE | unix.MS_REC,
+	"unbindable": unix.MS_UNBINDABLE, "runbindable": unix.MS_UNBINDABLE | unix.MS_REC,
+}
+
+// ParseOptions splits fstab-style options into mount(2) flags, the
+// propagation to set once mounted (0 for none), and the filesystem's own
+// options (everything else, such as overlay's lowerdir=…), in order. A
+// later option overrides an earlier one ("ro", then "rw", is read-write).
+func ParseOptions(options []string) (flagBits, prop uintptr, data []string) {
+	for _, o := range options {
+		if f, ok := flags[o]; ok {
+			if f.clear {
+				flagBits &^= f.bits
+			} else {
+				flagBits |= f.bits
+			}
+			continue
+		}
+		if p, ok := propagation[o]; ok {
+			prop |= p
+			continue
+		}
+		data = append(data, o)
+	}
+	return flagBits, prop, data
+}
+
+// perMount are the flags a new bind mount ignores and a remount applies.
+const perMount = unix.MS_RDONLY | unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC |
+	unix.MS_NOATIME | unix.MS_NODIRATIME | unix.MS_RELATIME | unix.MS_STRICTATIME
+
+// Mount mounts m on target, which must exist. It ignores m's Target (see
+// All). If the mount is made but a later step (a read-only remount, the
+// propagation) fails, the mount is undone.
+func Mount(m *types.Mount, target string) error {
+	bits, prop, data := ParseOptions(m.GetOptions())
+	typ := m.GetType()
+	if typ == "bind" || typ == "rbind" {
+		bits |= unix.MS_BIND
+		if typ == "rbind" {
+			bits |= unix.MS_REC
+		}
+		typ = ""
+	}
+	bind := bits&unix.MS_BIND != 0
+	if typ == "" && !bind && bits&unix.MS_REMOUNT == 0 {
+		return fmt.Errorf("mount %q on %s: no type: %w", m.GetSource(), target, errdefs.ErrInvalidArgument)
+	}
+	if bind && bits&unix.MS_REMOUNT == 0 {
+		if _, err := os.Stat(m.GetSource()); err != nil {
+			return fmt.Errorf("bind mount source %q: %w", m.GetSource(), errdefs.ErrNotFound)
+		}
+	}
+	joined := strings.Join(data, ",")
+	what := fmt.Sprintf("mount %s %q on %s", orBind(typ), m.GetSource(), target)
+	switch {
+	case typ == "overlay" && len(joined) >= os.Getpagesize()-1:
+		if err := overlayFS(target, bits, data); err != nil {
+			return classify(fmt.Errorf("%s: %w", what, err), err)
+		}
+	case bind && bits&unix.MS_REMOUNT == 0:
+		// A new bind mount ignores the per-mount flags; they take effect
+		// by remounting it.
+		if err := unix.Mount(m.GetSource(), target, "", bits&(unix.MS_BIND|unix.MS_REC), joined); err != nil {
+			return classify(fmt.Errorf("%s: %w", what, err), err)
+		}
+		if bits&perMount != 0 {
+			remount := unix.MS_REMOUNT | unix.MS_BIND | bits&perMount
+			if err := unix.Mount("", target, "", remount, ""); err != nil {
+				_ = unix.Unmount(target, unix.MNT_DETACH)
+				return classify(fmt.Errorf("remount %s with %q: %w", target, m.GetOptions(), err), err)
+			}
+		}
+	default:
+		if err := unix.Mount(m.GetSource(), target, typ, bits, joined); err != nil {
+			return classify(fmt.Errorf("%s (options %q): %w", what, joined, err), err)
+		}
+	}
+	if prop != 0 {
+		if err := unix.Mount("", target, "", prop, ""); err != nil {
+			_ = unix.Unmount(target, unix.MNT_DETACH)
+			return classify(fmt.Errorf("mount propagation of %s: %w", target, err), err)
+		}
+	}
+	return nil
+}
+
+func orBind(typ string) string {
+	if typ == "" {
+		return "bind"
+	}
+	return typ
+}
+
+// classify adds the errdefs kind of the system error err to wrapped.
+func classify(wrapped, err error) error {
+	switch {
+	case errors.Is(err, unix.ENOENT):
+		return fmt.Errorf("%w: %w", wrapped, errdefs.ErrNotFound)
+	case errors.Is(err, unix.EINVAL), errors.Is(err, unix.ENODEV), errors.Is(err, unix.ENOTDIR):
+		return fmt.Errorf("%w: %w", wrapped, errdefs.ErrInvalidArgument)
+	}
+	return wrapped
+}
+
+// overlayFS mounts an overlay through the new mount API, which takes each
+// option on its own and each lower directory as its own "lowerdir+".
+func overlayFS(target string, bits uintptr, data []string) error {
+	fsfd, err := unix.Fsopen("overlay", unix.FSOPEN_CLOEXEC)
+	if err != nil {
+		return fmt.Errorf("fsopen: %w", err)
+	}
+	defer unix.Close(fsfd)
+	for _, o := range data {
+		k, v, hasValue := strings.Cut(o, "=")
+		switch {
+		case k == "lowerdir":
+			for _, l := range strings.Split(v, ":") {
+				if err := unix.FsconfigSetString(fsfd, "lowerdir+", l); err != nil {
+					return fmt.Errorf("lowerdir+ %s: %w", l, err)
+				}
+			}
+		case hasValue:
+			err = unix.FsconfigSetString(fsfd, k, v)
+		default:
+			err = unix.FsconfigSetFlag(fsfd, k)
+		}
+		if err != nil {
+			return fmt.Errorf("option %s: %w", o, err)
+		}
+	}
+	if err := unix.FsconfigCreate(fsfd); err != nil {
+		return fmt.Errorf("fsconfig create: %w", err)
+	}
+	var attr int
+	for f, a := range map[uintptr]int{
+		unix.MS_RDONLY: unix.MOUNT_ATTR_RDONLY, unix.MS_NOSUID: unix.MOUNT_ATTR_NOSUID,
+		unix.MS_NODEV: unix.MOUNT_ATTR_NODEV, unix.MS_NOEXEC: unix.MOUNT_ATTR_NOEXEC,
+	} {
+		if bits&f != 0 {
+			attr |= a
+		}
+	}
+	mfd, err := unix.Fsmount(fsfd, unix.FSMOUNT_CLOEXEC, attr)
+	if err != nil {
+		return fmt.Errorf("fsmount: %w", err)
+	}
+	defer unix.Close(mfd)
+	if err := unix.MoveMount(mfd, "", unix.AT_FDCWD, target, unix.MOVE_MOUNT_F_EMPTY_PATH); err != nil {
+		return fmt.Errorf("move_mount: %w", err)
+	}
+	return nil
+}
+
+// All mounts ms on target in order: later mounts stack on earlier ones, and
+// a mount with a Target goes on that path beneath target (which cannot
+// climb out of it). If one fails, All unmounts what it mounted and returns
+// the error. UnmountAll(ms, target) undoes it.
+func All(ms []*types.Mount, target string) error {
+	var mounted []string
+	for _, m := range ms {
+		t := point(m, target)
+		if err := Mount(m, t); err != nil {
+			return errors.Join(err, unmountAll(mounted))
+		}
+		mounted = append(mounted, t)
+	}
+	return nil
+}
+
+// UnmountAll undoes All(ms, target): it unmounts the mount points of ms in
+// the reverse of their mount order.
+func UnmountAll(ms []*types.Mount, target string) error {
+	mounted := make([]string, len(ms))
+	for i, m := range ms {
+		mounted[i] = point(m, target)
+	}
+	return unmountAll(mounted)
+}
+
+// point is where All mounts m.
+func point(m *types.Mount, target string) string {
+	if sub := m.GetTarget(); sub != "" {
+		return filepath.Join(target, filepath.Clean("/"+sub))
+	}
+	return target
+}
+
+func unmountAll(mounted []string) error {
+	var errs []error
+	for i := len(mounted) - 1; i >= 0; i-- {
+		errs = append(errs, Unmount(mounted[i]))
+	}
+	return errors.Join(errs...)
+}
+
+// Unmount removes every mount stacked on target. A target that is not a
+// mount point (or does not exist) is no error. A busy mount is retried for
+// about a second, then detached lazily, to go once it is no longer used.
+func Unmount(target string) error {
+	for i := 0; ; i++ {
+		err := unix.Unmount(target, 0)
+		switch {
+		case err == nil:
+			continue // another mount may be stacked below
+		case errors.Is(err, unix.EINVAL), errors.Is(err, unix.ENOENT):
+			return nil
+		case errors.Is(err, unix.EBUSY) && i < 50:
+			time.Sleep(20 * time.Millisecond)
+		case errors.Is(err, unix.EBUSY):
+			if err := unix.Unmount(target, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) {
+				return fmt.Errorf("unmount %s: %w", target, err)
+			}
+		default:
+			return fmt.Errorf("unmount %s: %w", target, err)
+		}
+	}
+}
+
+// IsMountPoint reports whether target is the mount point of a mount in the
+// calling process's mount namespace.
+func IsMountPoint(target string) (bool, error) {
+	data, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return false, fmt.Errorf("is %s a mount point: %w", target, err)
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		fields := strings.Fields(line)
+		if len(fields) > 4 && unescape(fields[4]) == target {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
+// unescape undoes mountinfo's octal escapes (\040 for a space, …).
+func unescape(s string) string {
+	if !strings.Contains(s, `\`) {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\\' && i+4 <= len(s) {
+			if v, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
+				b.WriteByte(byte(v))
+				i += 3
+				continue
+			}
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
+}
