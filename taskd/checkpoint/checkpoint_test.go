@@ -313,44 +313,6 @@ func TestStore(t *testing.T) {
 	})
 }
 
-func TestRemoteCommit(t *testing.T) {
-	tests := []struct {
-		name     string
-		size     int64
-		expected func(data []byte) digest.Digest
-		want     func(error) bool
-	}{
-		{"the right size and digest commits", 5, digest.FromBytes, func(err error) bool { return err == nil }},
-		{"a wrong digest is FailedPrecondition", 5, func([]byte) digest.Digest { return digest.FromString("other") }, errdefs.IsFailedPrecondition},
-		{"a size other than what was written is FailedPrecondition", 4, digest.FromBytes, errdefs.IsFailedPrecondition},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			fake := &fakeContent{blobs: map[digest.Digest]blob{}}
-			remote := serve(t, fake)
-			ctx := namespace.WithNamespace(context.Background(), "ns1")
-			w, err := remote.Writer(ctx, "ref")
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer w.Close()
-			data := []byte("hello")
-			if _, err := w.Write(data); err != nil {
-				t.Fatal(err)
-			}
-			err = w.Commit(ctx, tt.size, tt.expected(data))
-			if !tt.want(err) {
-				t.Fatalf("commit: %v", err)
-			}
-			fake.mu.Lock()
-			defer fake.mu.Unlock()
-			if stored := len(fake.blobs) == 1; stored != (err == nil) {
-				t.Errorf("blob stored %v after commit error %v", stored, err)
-			}
-		})
-	}
-}
-
 func TestWriteTar(t *testing.T) {
 	t.Run("symbolic links are archived as links", func(t *testing.T) {
 		dir := criuDir(t, map[string][]byte{"a.img": []byte("a")})
