@@ -23,10 +23,10 @@ COPY --from=build /src/bin/eventd /usr/local/bin/
 ENTRYPOINT ["eventd"]
 
 FROM base AS snapshotd
-COPY --from=build /src/bin/snapshotd /usr/local/bin/
+COPY --from=build /src/bin/snapshotd /src/bin/snapshotter-overlayfs /src/bin/snapshotter-native /usr/local/bin/
 ENTRYPOINT ["snapshotd"]
 
 FROM base AS taskd
 RUN apt-get update && apt-get install -y --no-install-recommends runc && rm -rf /var/lib/apt/lists/*
-COPY --from=build /src/bin/taskd /usr/local/bin/
+COPY --from=build /src/bin/taskd /src/bin/taskd-shim /usr/local/bin/
 ENTRYPOINT ["taskd"]
