@@ -1,11 +1,13 @@
 package runtime
 
 import (
+	"errors"
 	"fmt"
 
 	eventsapi "github.com/containerd/containerd/api/events"
 	"github.com/containerd/errdefs"
 	bolt "go.etcd.io/bbolt"
+	bolterrors "go.etcd.io/bbolt/errors"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/flotilla/flotilla/taskd/metadata"
@@ -36,7 +38,7 @@ func (s *ExitStore) Track(ns, containerID, id string) error {
 			return err
 		}
 		if id == containerID {
-			if err := b.DeleteBucket([]byte(containerID)); err != nil && err != bolt.ErrBucketNotFound {
+			if err := b.DeleteBucket([]byte(containerID)); err != nil && !errors.Is(err, bolterrors.ErrBucketNotFound) {
 				return err
 			}
 		}
@@ -148,7 +150,7 @@ func (s *ExitStore) Drop(ns, containerID string) error {
 		if b == nil {
 			return nil
 		}
-		if err := b.DeleteBucket([]byte(containerID)); err != nil && err != bolt.ErrBucketNotFound {
+		if err := b.DeleteBucket([]byte(containerID)); err != nil && !errors.Is(err, bolterrors.ErrBucketNotFound) {
 			return err
 		}
 		return nil

@@ -62,7 +62,6 @@ type Publisher struct {
 	mu      sync.Mutex
 	cond    *sync.Cond
 	queue   []envelope
-	busy    bool
 	closing bool
 	done    chan struct{}
 }
