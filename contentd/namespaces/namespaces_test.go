@@ -27,7 +27,7 @@ func newClient(t *testing.T) (api.NamespacesClient, *bolt.DB, *testserver.Record
 	db := testserver.OpenDB(t, filepath.Join(t.TempDir(), "meta.db"))
 	rec := &testserver.Recorder{}
 	conn := testserver.Serve(t, func(s *grpc.Server) {
-		api.RegisterNamespacesServer(s, NewService(NewStore(db), rec, nil))
+		api.RegisterNamespacesServer(s, NewService(NewStore(db), nil, rec, nil))
 	})
 	return api.NewNamespacesClient(conn), db, rec
 }

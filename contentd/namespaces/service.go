@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"slices"
+	"strings"
 
 	eventsapi "github.com/containerd/containerd/api/events"
 	api "github.com/containerd/containerd/api/services/namespaces/v1"
@@ -21,22 +23,36 @@ const (
 	TopicDelete = "/namespaces/delete"
 )
 
+// Occupants tells what other services still hold in a namespace: the
+// containers and snapshots kept outside contentd.
+type Occupants interface {
+	// Holds names, as containerd words them ("containers", "snapshots"),
+	// the kinds of record still held in namespace ns, which ctx carries as
+	// its namespace too; none means the others
+	// hold nothing there. An error means it could not be told — a service
+	// unreachable or failing — and names that service.
+	Holds(ctx context.Context, ns string) ([]string, error)
+}
+
 // Service serves containerd's Namespaces API over a Store, publishing an
 // event for every change.
 type Service struct {
 	api.UnimplementedNamespacesServer
 	store     Store
+	occupants Occupants
 	publisher events.Publisher
 	log       *slog.Logger
 }
 
 // NewService returns the Namespaces service over store, publishing to
 // publisher and logging failed publications to log (nil: slog.Default()).
-func NewService(store Store, publisher events.Publisher, log *slog.Logger) *Service {
+// Before deleting a namespace it asks occupants whether other services
+// still hold anything there; nil occupants means no one else is asked.
+func NewService(store Store, occupants Occupants, publisher events.Publisher, log *slog.Logger) *Service {
 	if log == nil {
 		log = slog.Default()
 	}
-	return &Service{store: store, publisher: publisher, log: log}
+	return &Service{store: store, occupants: occupants, publisher: publisher, log: log}
 }
 
 // Get implements api.NamespacesServer.
@@ -89,12 +105,48 @@ func (s *Service) Update(ctx context.Context, req *api.UpdateNamespaceRequest) (
 }
 
 // Delete implements api.NamespacesServer.
+//
+// The namespace must be empty in contentd and, when occupants are set, in
+// the services they ask: otherwise FailedPrecondition naming everything it
+// still has, or Unavailable when a service cannot say.
 func (s *Service) Delete(ctx context.Context, req *api.DeleteNamespaceRequest) (*emptypb.Empty, error) {
+	if err := s.checkOccupants(ctx, req.GetName()); err != nil {
+		return nil, err
+	}
 	if err := s.store.Delete(req.GetName()); err != nil {
 		return nil, err
 	}
 	s.publish(ctx, req.GetName(), TopicDelete, &eventsapi.NamespaceDelete{Name: req.GetName()})
 	return &emptypb.Empty{}, nil
+}
+
+// checkOccupants fails unless namespace name exists and the services
+// behind s.occupants hold nothing in it. Its FailedPrecondition names
+// contentd's own holdings too, so the caller hears everything at once.
+func (s *Service) checkOccupants(ctx context.Context, name string) error {
+	if s.occupants == nil {
+		return nil
+	}
+	own, err := s.store.Holdings(name)
+	if err != nil {
+		return err
+	}
+	others, err := s.occupants.Holds(namespace.WithNamespace(ctx, name), name)
+	if err != nil {
+		if ctxErr := ctx.Err(); ctxErr != nil {
+			return fmt.Errorf("namespace %q not deleted: %w", name, ctxErr)
+		}
+		// %v: whatever kind the peer answered, the caller is told that
+		// emptiness could not be checked, not the peer's own reason.
+		return fmt.Errorf("namespace %q not deleted, cannot tell whether it is empty: %v: %w",
+			name, err, errdefs.ErrUnavailable)
+	}
+	if len(others) == 0 {
+		return nil
+	}
+	held := slices.Compact(slices.Sorted(slices.Values(append(own, others...))))
+	return fmt.Errorf("namespace %q must be empty, but it still has %s: %w",
+		name, strings.Join(held, ", "), errdefs.ErrFailedPrecondition)
 }
 
 // publish hands an event to the publisher in the caller's namespace, or in

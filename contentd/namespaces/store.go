@@ -42,6 +42,10 @@ type Store interface {
 	// FailedPrecondition while it still holds images, blobs, leases or
 	// other records.
 	Delete(name string) error
+	// Holdings names, sorted, the kinds of record namespace name still
+	// holds ("blobs", "images", "leases", ...): none means Delete may
+	// proceed. NotFound if the namespace does not exist.
+	Holdings(name string) ([]string, error)
 }
 
 // BoltStore is the Store kept in contentd's metadata database.
@@ -170,6 +174,22 @@ func (s *BoltStore) Delete(name string) error {
 		}
 		return metadata.Namespaces(tx).DeleteBucket([]byte(name))
 	})
+}
+
+// Holdings implements Store.
+func (s *BoltStore) Holdings(name string) ([]string, error) {
+	if err := identifiers.Validate(name); err != nil {
+		return nil, fmt.Errorf("namespace: %w", err)
+	}
+	var held []string
+	err := s.db.View(func(tx *bolt.Tx) error {
+		if metadata.Namespace(tx, name) == nil {
+			return fmt.Errorf("namespace %q: %w", name, errdefs.ErrNotFound)
+		}
+		held = metadata.Holdings(tx, name)
+		return nil
+	})
+	return held, err
 }
 
 func validate(name string, labels map[string]string) error {

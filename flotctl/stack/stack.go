@@ -112,6 +112,11 @@ func (l Layout) Services() []Service {
 			}
 		case "snapshotd", "taskd":
 			s.Args = append(s.Args, "--eventd", l.socket("eventd"), "--contentd", l.socket("contentd"))
+		case "contentd":
+			// Asked only when a namespace is deleted, so it does not
+			// matter that they start after contentd.
+			s.Args = append(s.Args, "--eventd", l.socket("eventd"),
+				"--taskd", l.socket("taskd"), "--snapshotd", l.socket("snapshotd"))
 		default:
 			s.Args = append(s.Args, "--eventd", l.socket("eventd"))
 		}

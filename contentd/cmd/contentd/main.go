@@ -18,6 +18,7 @@ import (
 	"github.com/flotilla/flotilla/contentd/leases"
 	"github.com/flotilla/flotilla/contentd/metadata"
 	"github.com/flotilla/flotilla/contentd/namespaces"
+	"github.com/flotilla/flotilla/contentd/namespaces/remote"
 	"github.com/flotilla/flotilla/services/config"
 	"github.com/flotilla/flotilla/services/daemon"
 	"github.com/flotilla/flotilla/services/introspect"
@@ -29,6 +30,11 @@ type contentdConfig struct {
 	// Eventd is the address of eventd (or of the gateway) to publish
 	// events to; empty drops them.
 	Eventd string `toml:"eventd"`
+	// Taskd and Snapshotd are the addresses of taskd and snapshotd, asked
+	// before a namespace is deleted whether they still hold containers or
+	// snapshots in it; empty asks no one.
+	Taskd     string `toml:"taskd"`
+	Snapshotd string `toml:"snapshotd"`
 }
 
 // leaseSweepInterval is how often expired leases are removed.
@@ -49,6 +55,10 @@ func spec(cfg *contentdConfig) daemon.Spec {
 		Flags: func(fs *flag.FlagSet) {
 			fs.StringVar(&cfg.Eventd, "eventd", "",
 				"address of eventd or the gateway (unix socket or tcp://host:port) to publish events to; empty discards them")
+			fs.StringVar(&cfg.Taskd, "taskd", "",
+				"address of taskd (unix socket or tcp://host:port), asked for containers before a namespace is deleted; empty asks no one")
+			fs.StringVar(&cfg.Snapshotd, "snapshotd", "",
+				"address of snapshotd (unix socket or tcp://host:port), asked for snapshots before a namespace is deleted; empty asks no one")
 		},
 		Plugins: introspect.Services("content", "images", "leases", "namespaces"),
 		Setup:   func(ctx context.Context, srv *server.Server) error { return setup(ctx, srv, cfg) },
@@ -66,10 +76,20 @@ func setup(_ context.Context, srv *server.Server, cfg *contentdConfig) error {
 	}
 	srv.OnStop(func() { db.Close() })
 
+	var occupants namespaces.Occupants
+	peers, err := remote.New(cfg.Taskd, cfg.Snapshotd)
+	if err != nil {
+		return err
+	}
+	if peers != nil {
+		srv.OnStop(func() { peers.Close() })
+		occupants = peers
+	}
+
 	grpcSrv := srv.GRPC()
 	log := srv.Logger()
 	namespacesapi.RegisterNamespacesServer(grpcSrv,
-		namespaces.NewService(namespaces.NewStore(db), publisher, log))
+		namespaces.NewService(namespaces.NewStore(db), occupants, publisher, log))
 	imagesapi.RegisterImagesServer(grpcSrv,
 		images.NewService(images.NewStore(db), publisher, log))
 	leaseStore := leases.NewStore(db)

@@ -1,0 +1,135 @@
+package namespaces
+
+import (
+	"context"
+	"fmt"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	api "github.com/containerd/containerd/api/services/namespaces/v1"
+	"github.com/containerd/errdefs"
+	bolt "go.etcd.io/bbolt"
+	"google.golang.org/grpc"
+
+	"github.com/flotilla/flotilla/contentd/internal/testserver"
+	"github.com/flotilla/flotilla/contentd/metadata"
+	"github.com/flotilla/flotilla/services/namespace"
+)
+
+// fakeOccupants answers Holds with fixed holdings or a fixed error, and
+// records the namespace its context carried.
+type fakeOccupants struct {
+	held  []string
+	err   error
+	asked []string
+}
+
+func (f *fakeOccupants) Holds(ctx context.Context, ns string) ([]string, error) {
+	got, _ := namespace.FromContext(ctx)
+	f.asked = append(f.asked, ns+"@"+got)
+	return f.held, f.err
+}
+
+func TestDeleteAsksOccupants(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		occupants  *fakeOccupants
+		blobs      bool // contentd itself holds blobs in the namespace
+		is         func(error) bool
+		message    string
+		wantExists bool
+	}{
+		{
+			name:       "containers held elsewhere is FailedPrecondition naming containers",
+			occupants:  &fakeOccupants{held: []string{"containers"}},
+			is:         errdefs.IsFailedPrecondition,
+			message:    `namespace "ns" must be empty, but it still has containers`,
+			wantExists: true,
+		},
+		{
+			name:       "holdings of contentd and of others are named together, sorted",
+			occupants:  &fakeOccupants{held: []string{"snapshots", "containers"}},
+			blobs:      true,
+			is:         errdefs.IsFailedPrecondition,
+			message:    `namespace "ns" must be empty, but it still has blobs, containers, snapshots`,
+			wantExists: true,
+		},
+		{
+			name:       "an unreachable peer is Unavailable naming it",
+			occupants:  &fakeOccupants{err: fmt.Errorf("taskd: connection refused: %w", errdefs.ErrUnavailable)},
+			is:         errdefs.IsUnavailable,
+			message:    "taskd",
+			wantExists: true,
+		},
+		{
+			name:       "a peer failing otherwise is Unavailable too",
+			occupants:  &fakeOccupants{err: fmt.Errorf("snapshotd: list snapshotters: %w", errdefs.ErrNotImplemented)},
+			is:         errdefs.IsUnavailable,
+			message:    "snapshotd",
+			wantExists: true,
+		},
+		{
+			name:      "a namespace empty everywhere is deleted",
+			occupants: &fakeOccupants{},
+			is:        func(err error) bool { return err == nil },
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			db := testserver.OpenDB(t, filepath.Join(t.TempDir(), "meta.db"))
+			conn := testserver.Serve(t, func(s *grpc.Server) {
+				api.RegisterNamespacesServer(s, NewService(NewStore(db), tc.occupants, &testserver.Recorder{}, nil))
+			})
+			c := api.NewNamespacesClient(conn)
+			ctx := namespace.WithNamespace(context.Background(), "default")
+			create(t, c, "ns", nil)
+			if tc.blobs {
+				putRecord(t, db, "ns", metadata.BucketContent)
+			}
+
+			_, err := c.Delete(ctx, &api.DeleteNamespaceRequest{Name: "ns"})
+			if !tc.is(err) {
+				t.Fatalf("delete: %v", err)
+			}
+			if err != nil && !strings.Contains(err.Error(), tc.message) {
+				t.Errorf("error %q does not say %q", err, tc.message)
+			}
+			if want := []string{"ns@ns"}; fmt.Sprint(tc.occupants.asked) != fmt.Sprint(want) {
+				t.Errorf("occupants asked %v, want %v (in the namespace being deleted)", tc.occupants.asked, want)
+			}
+			_, err = c.Get(ctx, &api.GetNamespaceRequest{Name: "ns"})
+			if exists := err == nil; exists != tc.wantExists {
+				t.Errorf("namespace exists = %v after delete (get: %v), want %v", exists, err, tc.wantExists)
+			}
+		})
+	}
+}
+
+func TestDeleteOfMissingNamespaceIsNotFoundWithoutAskingOccupants(t *testing.T) {
+	db := testserver.OpenDB(t, filepath.Join(t.TempDir(), "meta.db"))
+	occ := &fakeOccupants{held: []string{"containers"}}
+	conn := testserver.Serve(t, func(s *grpc.Server) {
+		api.RegisterNamespacesServer(s, NewService(NewStore(db), occ, &testserver.Recorder{}, nil))
+	})
+	_, err := api.NewNamespacesClient(conn).Delete(context.Background(), &api.DeleteNamespaceRequest{Name: "nothere"})
+	if !errdefs.IsNotFound(err) {
+		t.Fatalf("delete: %v, want NotFound", err)
+	}
+	if len(occ.asked) != 0 {
+		t.Errorf("occupants asked %v about a missing namespace", occ.asked)
+	}
+}
+
+// putRecord stores one record in store bucket name of namespace ns.
+func putRecord(t *testing.T, db *bolt.DB, ns string, name []byte) {
+	t.Helper()
+	if err := db.Update(func(tx *bolt.Tx) error {
+		b, err := metadata.CreateStoreBucket(tx, ns, name)
+		if err != nil {
+			return err
+		}
+		return b.Put([]byte("x"), []byte("y"))
+	}); err != nil {
+		t.Fatal(err)
+	}
+}
