@@ -23,7 +23,9 @@ import (
 //     client resumes from the offset it is told.
 //   - WRITE appends its data. Its offset must be the current one, or 0,
 //     which discards what was written first; any other offset is
-//     OutOfRange. The answer carries the new offset and running digest.
+//     OutOfRange. The answer carries the new offset but no digest (clients
+//     take it as optional): the store hashes behind the writes, so that
+//     hashing one message overlaps with receiving the next.
 //   - COMMIT writes its data like WRITE, then commits against the latest
 //     total and expected seen on the stream, with the message's labels: a
 //     size or digest mismatch is FailedPrecondition and leaves no blob.
@@ -105,11 +107,11 @@ func (s *Service) Write(stream api.Content_WriteServer) error {
 				resp.Offset += int64(n)
 			}
 			if req.GetAction() == api.WriteAction_COMMIT {
+				resp.Digest = w.Digest().String()
 				if err := w.Commit(ctx, total, expected, req.GetLabels()); err != nil {
 					return err
 				}
 			}
-			resp.Digest = w.Digest().String()
 		default:
 			return fmt.Errorf("write %q: unknown action %v: %w", ref, req.GetAction(), errdefs.ErrInvalidArgument)
 		}

@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"hash"
 	"io"
 	"io/fs"
 	"os"
@@ -349,13 +348,15 @@ func (s *Store) open(ns, ref, dir string, total int64, expected digest.Digest) (
 
 // writer implements content.Writer over an ingest directory it has locked.
 type writer struct {
-	s        *Store
-	ns, ref  string
-	lease    string
-	dir      string
-	f        *os.File
-	alg      digest.Algorithm
-	h        hash.Hash
+	s       *Store
+	ns, ref string
+	lease   string
+	dir     string
+	f       *os.File
+	alg     digest.Algorithm
+	h       *behind
+	// flushed is the offset up to which writeback has been started.
+	flushed  int64
 	status   content.Status
 	released bool
 }
@@ -368,20 +369,21 @@ func (w *writer) resume() error {
 	if err != nil {
 		return err
 	}
-	w.h = w.alg.Hash()
+	h := w.alg.Hash()
+	w.h = newBehind(h, w.f)
 	saved, err := os.ReadFile(filepath.Join(w.dir, hashFile))
 	// Whatever happens next changes the data, so the saved state is stale.
 	os.Remove(filepath.Join(w.dir, hashFile))
 	if err == nil && len(saved) > 8 && int64(binary.BigEndian.Uint64(saved)) == size {
-		if u, ok := w.h.(encoding.BinaryUnmarshaler); ok && u.UnmarshalBinary(saved[8:]) == nil {
+		if u, ok := h.(encoding.BinaryUnmarshaler); ok && u.UnmarshalBinary(saved[8:]) == nil {
 			return nil
 		}
-		w.h.Reset()
+		h.Reset()
 	}
 	if size == 0 {
 		return nil
 	}
-	if _, err := io.CopyBuffer(w.h, io.NewSectionReader(w.f, 0, size), make([]byte, copyBuffer)); err != nil {
+	if _, err := io.CopyBuffer(h, io.NewSectionReader(w.f, 0, size), make([]byte, copyBuffer)); err != nil {
 		return err
 	}
 	return nil
@@ -393,8 +395,13 @@ func (w *writer) Write(p []byte) (int, error) {
 		return 0, fmt.Errorf("write to closed writer of %q: %w", w.ref, errdefs.ErrFailedPrecondition)
 	}
 	n, err := w.f.Write(p)
-	w.h.Write(p[:n])
 	w.status.Offset += int64(n)
+	c := chunk{p: p[:n]}
+	if w.status.Offset-w.flushed >= writebackEvery {
+		c.flushFrom, c.flushTo = w.flushed, w.status.Offset
+		w.flushed = w.status.Offset
+	}
+	w.h.add(c)
 	w.status.UpdatedAt = time.Now().UTC()
 	if err != nil {
 		return n, fmt.Errorf("write ingest %q: %w", w.ref, err)
@@ -406,7 +413,7 @@ func (w *writer) Write(p []byte) (int, error) {
 func (w *writer) Status() content.Status { return w.status }
 
 // Digest implements content.Writer.
-func (w *writer) Digest() digest.Digest { return digest.NewDigest(w.alg, w.h) }
+func (w *writer) Digest() digest.Digest { return digest.NewDigest(w.alg, w.h.Hash()) }
 
 // Truncate implements content.Writer.
 func (w *writer) Truncate(size int64) error {
@@ -422,7 +429,8 @@ func (w *writer) Truncate(size int64) error {
 	if _, err := w.f.Seek(0, io.SeekStart); err != nil {
 		return err
 	}
-	w.h.Reset()
+	w.h.Hash().Reset()
+	w.flushed = 0
 	w.status.Offset = 0
 	w.status.UpdatedAt = time.Now().UTC()
 	return nil
@@ -434,7 +442,7 @@ func (w *writer) Close() error {
 	if w.released {
 		return nil
 	}
-	if m, ok := w.h.(encoding.BinaryMarshaler); ok {
+	if m, ok := w.h.Hash().(encoding.BinaryMarshaler); ok {
 		if state, err := m.MarshalBinary(); err == nil {
 			saved := binary.BigEndian.AppendUint64(nil, uint64(w.status.Offset))
 			// Best effort: a missing or stale state only costs a re-read.
@@ -450,6 +458,7 @@ func (w *writer) release() error {
 		return nil
 	}
 	w.released = true
+	w.h.Stop()
 	err := w.f.Close()
 	w.s.unlock(w.dir)
 	return err
