@@ -7,25 +7,19 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
-	"time"
 
-	api "github.com/containerd/containerd/api/services/content/v1"
 	"github.com/containerd/errdefs"
 	"github.com/opencontainers/go-digest"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 
-	"github.com/flotilla/flotilla/services/config"
-	"github.com/flotilla/flotilla/services/dial"
 	"github.com/flotilla/flotilla/services/namespace"
-	"github.com/flotilla/flotilla/services/server"
 )
 
 // blob is what the fake store keeps of a committed blob.
@@ -35,108 +29,60 @@ type blob struct {
 	lease     string
 }
 
-// fakeContent is an in-memory Content service implementing just enough of
-// Write: one ingest per stream, WRITE appends at the current offset,
-// COMMIT checks total and expected, and an existing digest is
-// AlreadyExists.
-type fakeContent struct {
-	api.UnimplementedContentServer
+// memIngester keeps blobs in memory, with the contract of Ingester: Commit
+// checks size and digest (FailedPrecondition) and answers AlreadyExists for
+// a digest it has. What crosses the wire to contentd is tested with the
+// real client in services/contentclient.
+type memIngester struct {
 	mu      sync.Mutex
 	blobs   map[digest.Digest]blob
 	commits int
 }
 
-func (f *fakeContent) Write(stream api.Content_WriteServer) error {
-	ctx := stream.Context()
+func (m *memIngester) Writer(ctx context.Context, ref string) (Writer, error) {
+	if ref == "" {
+		return nil, fmt.Errorf("no ref: %w", errdefs.ErrInvalidArgument)
+	}
 	ns, _ := namespace.FromContext(ctx)
 	lease, _ := namespace.LeaseFromContext(ctx)
-	var data []byte
-	for {
-		req, err := stream.Recv()
-		if errors.Is(err, io.EOF) {
-			return nil
-		}
-		if err != nil {
-			return err
-		}
-		if req.GetRef() == "" {
-			return fmt.Errorf("no ref: %w", errdefs.ErrInvalidArgument)
-		}
-		if req.GetOffset() != int64(len(data)) && req.GetOffset() != 0 {
-			return fmt.Errorf("offset %d, at %d: %w", req.GetOffset(), len(data), errdefs.ErrOutOfRange)
-		}
-		if req.GetOffset() == 0 {
-			data = nil
-		}
-		data = append(data, req.GetData()...)
-		if req.GetAction() == api.WriteAction_COMMIT {
-			dgst := digest.FromBytes(data)
-			if req.GetTotal() != int64(len(data)) || req.GetExpected() != dgst.String() {
-				return fmt.Errorf("commit %d bytes %s, expected %d %s: %w",
-					len(data), dgst, req.GetTotal(), req.GetExpected(), errdefs.ErrFailedPrecondition)
-			}
-			f.mu.Lock()
-			f.commits++
-			_, exists := f.blobs[dgst]
-			if !exists {
-				f.blobs[dgst] = blob{data: data, namespace: ns, lease: lease}
-			}
-			f.mu.Unlock()
-			if exists {
-				return fmt.Errorf("content %s: %w", dgst, errdefs.ErrAlreadyExists)
-			}
-		}
-		if err := stream.Send(&api.WriteContentResponse{Action: req.GetAction(), Offset: int64(len(data))}); err != nil {
-			return err
-		}
-	}
+	return &memWriter{m: m, ns: ns, lease: lease}, nil
 }
 
-func (f *fakeContent) blob(t *testing.T, dgst string) blob {
+type memWriter struct {
+	m         *memIngester
+	ns, lease string
+	data      bytes.Buffer
+}
+
+func (w *memWriter) Write(p []byte) (int, error) { return w.data.Write(p) }
+
+func (w *memWriter) Commit(_ context.Context, size int64, expected digest.Digest) error {
+	data := w.data.Bytes()
+	dgst := digest.FromBytes(data)
+	if size != int64(len(data)) || expected != dgst {
+		return fmt.Errorf("commit %d bytes %s, expected %d %s: %w", len(data), dgst, size, expected, errdefs.ErrFailedPrecondition)
+	}
+	w.m.mu.Lock()
+	defer w.m.mu.Unlock()
+	w.m.commits++
+	if _, exists := w.m.blobs[dgst]; exists {
+		return fmt.Errorf("content %s: %w", dgst, errdefs.ErrAlreadyExists)
+	}
+	w.m.blobs[dgst] = blob{data: data, namespace: w.ns, lease: w.lease}
+	return nil
+}
+
+func (w *memWriter) Close() error { return nil }
+
+func (m *memIngester) blob(t *testing.T, dgst string) blob {
 	t.Helper()
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	b, ok := f.blobs[digest.Digest(dgst)]
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	b, ok := m.blobs[digest.Digest(dgst)]
 	if !ok {
 		t.Fatalf("no blob %s in the store", dgst)
 	}
 	return b
-}
-
-// serve runs fake on a unix socket with the kit's server and returns a
-// Remote over a dial.Dial connection to it.
-func serve(t *testing.T, fake *fakeContent) *Remote {
-	t.Helper()
-	dir, err := os.MkdirTemp("", "ckpt")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	sock := filepath.Join(dir, "c.sock")
-	srv := server.New("test", config.Common{Address: sock, ShutdownTimeout: config.Duration(time.Second)},
-		slog.New(slog.DiscardHandler))
-	api.RegisterContentServer(srv.GRPC(), fake)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- srv.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
-	for i := 0; ; i++ {
-		c, err := net.Dial("unix", sock)
-		if err == nil {
-			c.Close()
-			break
-		}
-		if i == 500 {
-			t.Fatalf("nothing serves on %s: %v", sock, err)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	conn, err := dial.Dial(sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
-	return NewRemote(conn)
 }
 
 // criuDir makes a directory shaped like a CRIU image directory.
@@ -199,12 +145,11 @@ func TestStore(t *testing.T) {
 	}
 
 	t.Run("stores the image directory as a tar and the spec, under the caller's namespace and lease", func(t *testing.T) {
-		fake := &fakeContent{blobs: map[digest.Digest]blob{}}
-		remote := serve(t, fake)
+		fake := &memIngester{blobs: map[digest.Digest]blob{}}
 		dir := criuDir(t, files)
 		ctx := namespace.WithLease(namespace.WithNamespace(context.Background(), "ns1"), "lease-1")
 
-		descs, err := Store(ctx, remote, "checkpoint-c1", dir, testSpec())
+		descs, err := Store(ctx, fake, "checkpoint-c1", dir, testSpec())
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -265,15 +210,14 @@ func TestStore(t *testing.T) {
 	})
 
 	t.Run("storing content that is already there succeeds with the same descriptors", func(t *testing.T) {
-		fake := &fakeContent{blobs: map[digest.Digest]blob{}}
-		remote := serve(t, fake)
+		fake := &memIngester{blobs: map[digest.Digest]blob{}}
 		dir := criuDir(t, map[string][]byte{"inventory.img": []byte("x")})
 		ctx := namespace.WithNamespace(context.Background(), "ns1")
-		first, err := Store(ctx, remote, "a", dir, testSpec())
+		first, err := Store(ctx, fake, "a", dir, testSpec())
 		if err != nil {
 			t.Fatal(err)
 		}
-		second, err := Store(ctx, remote, "b", dir, testSpec())
+		second, err := Store(ctx, fake, "b", dir, testSpec())
 		if err != nil {
 			t.Fatalf("second store: %v", err)
 		}
@@ -290,10 +234,9 @@ func TestStore(t *testing.T) {
 	})
 
 	t.Run("a missing image directory is an error and stores nothing", func(t *testing.T) {
-		fake := &fakeContent{blobs: map[digest.Digest]blob{}}
-		remote := serve(t, fake)
+		fake := &memIngester{blobs: map[digest.Digest]blob{}}
 		ctx := namespace.WithNamespace(context.Background(), "ns1")
-		if _, err := Store(ctx, remote, "a", filepath.Join(t.TempDir(), "gone"), testSpec()); err == nil {
+		if _, err := Store(ctx, fake, "a", filepath.Join(t.TempDir(), "gone"), testSpec()); err == nil {
 			t.Fatal("store of a missing directory succeeded")
 		}
 		fake.mu.Lock()
@@ -304,10 +247,9 @@ func TestStore(t *testing.T) {
 	})
 
 	t.Run("a container without a spec is InvalidArgument", func(t *testing.T) {
-		fake := &fakeContent{blobs: map[digest.Digest]blob{}}
-		remote := serve(t, fake)
+		fake := &memIngester{blobs: map[digest.Digest]blob{}}
 		ctx := namespace.WithNamespace(context.Background(), "ns1")
-		if _, err := Store(ctx, remote, "a", criuDir(t, nil), nil); !errdefs.IsInvalidArgument(err) {
+		if _, err := Store(ctx, fake, "a", criuDir(t, nil), nil); !errdefs.IsInvalidArgument(err) {
 			t.Fatalf("got %v, want InvalidArgument", err)
 		}
 	})
