@@ -26,15 +26,19 @@ import (
 // An ingest directory holds:
 //
 //	state.json  what the ingest is (ingestState), written when it starts
-//	data        the bytes written so far; its size is the offset, its
-//	            modification time the last update
+//	data        the bytes written so far, followed, while a writer works,
+//	            by space allocated ahead of it (see behind.prepare)
+//	written     how many bytes of data are written: 8 bytes, big-endian,
+//	            saved before each write is acknowledged; its modification
+//	            time is the last update. Without it, all of data is written.
 //	hashstate   the running hash as of the last clean Close: 8 bytes of
 //	            offset, then the hash's binary state; resuming from it saves
 //	            re-reading data (absent or stale → data is hashed again)
 const (
-	stateFile = "state.json"
-	dataFile  = "data"
-	hashFile  = "hashstate"
+	stateFile   = "state.json"
+	dataFile    = "data"
+	writtenFile = "written"
+	hashFile    = "hashstate"
 )
 
 type ingestState struct {
@@ -101,15 +105,54 @@ func statusOf(dir string, st ingestState) (content.Status, error) {
 		StartedAt: st.StartedAt,
 		UpdatedAt: st.StartedAt,
 	}
-	fi, err := os.Stat(filepath.Join(dir, dataFile))
+	offset, updated, err := readWritten(dir)
 	switch {
 	case err == nil:
-		out.Offset = fi.Size()
-		out.UpdatedAt = fi.ModTime().UTC()
+		out.Offset, out.UpdatedAt = offset, updated.UTC()
 	case !errors.Is(err, fs.ErrNotExist):
 		return content.Status{}, err
 	}
 	return out, nil
+}
+
+// readWritten returns how many bytes of dir's data are written, and when
+// they last changed.
+func readWritten(dir string) (int64, time.Time, error) {
+	data, err := os.Stat(filepath.Join(dir, dataFile))
+	if err != nil {
+		return 0, time.Time{}, err
+	}
+	mark, err := os.Open(filepath.Join(dir, writtenFile))
+	if errors.Is(err, fs.ErrNotExist) {
+		return data.Size(), data.ModTime(), nil
+	}
+	if err != nil {
+		return 0, time.Time{}, err
+	}
+	defer mark.Close()
+	offset, ok, err := readMark(mark)
+	if err != nil || !ok {
+		return data.Size(), data.ModTime(), err
+	}
+	fi, err := mark.Stat()
+	if err != nil {
+		return 0, time.Time{}, err
+	}
+	return min(offset, data.Size()), fi.ModTime(), nil
+}
+
+// readMark reads the offset saved in a written file; ok is false when none
+// was saved yet.
+func readMark(f *os.File) (offset int64, ok bool, err error) {
+	var b [8]byte
+	n, err := f.ReadAt(b[:], 0)
+	if n < len(b) {
+		if errors.Is(err, io.EOF) {
+			err = nil
+		}
+		return 0, false, err
+	}
+	return int64(binary.BigEndian.Uint64(b[:])), true, nil
 }
 
 // Status implements content.IngestManager.
@@ -332,14 +375,25 @@ func (s *Store) open(ns, ref, dir string, total int64, expected digest.Digest) (
 	if err != nil {
 		return nil, fmt.Errorf("open ingest %q: %w", ref, err)
 	}
-	w := &writer{s: s, dir: dir, f: f, alg: st.Algorithm}
-	if err := w.resume(); err != nil {
+	mark, err := os.OpenFile(filepath.Join(dir, writtenFile), os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
 		f.Close()
+		return nil, fmt.Errorf("open ingest %q: %w", ref, err)
+	}
+	w := &writer{s: s, dir: dir, f: f, mark: mark, alg: st.Algorithm}
+	if err := w.resume(st.Total); err != nil {
+		if w.h != nil {
+			w.h.Stop()
+		}
+		f.Close()
+		mark.Close()
 		return nil, fmt.Errorf("resume ingest %q: %w", ref, err)
 	}
 	w.status, err = statusOf(dir, st)
 	if err != nil {
+		w.h.Stop()
 		f.Close()
+		mark.Close()
 		return nil, err
 	}
 	w.ns, w.ref = ns, ref
@@ -353,6 +407,9 @@ type writer struct {
 	lease   string
 	dir     string
 	f       *os.File
+	// mark is the written file, saying how much of f is written.
+	mark    *os.File
+	markBuf [8]byte
 	alg     digest.Algorithm
 	h       *behind
 	// flushed is the offset up to which writeback has been started.
@@ -361,16 +418,26 @@ type writer struct {
 	released bool
 }
 
-// resume sets the running hash to cover the data written so far, from the
-// saved hash state when it matches the data's size, else by reading the
-// data once, and leaves the file positioned at its end.
-func (w *writer) resume() error {
-	size, err := w.f.Seek(0, io.SeekEnd)
+// resume finds how much data is written, saves that in the written file,
+// and sets the running hash to cover it: from the saved hash state when it
+// matches, else by reading the data once. total is the size expected, 0 if
+// unknown.
+func (w *writer) resume(total int64) error {
+	fi, err := w.f.Stat()
 	if err != nil {
 		return err
 	}
+	size := fi.Size()
+	if saved, ok, err := readMark(w.mark); err != nil {
+		return err
+	} else if ok {
+		size = min(saved, size)
+	}
+	if err := w.saveMark(size); err != nil {
+		return err
+	}
 	h := w.alg.Hash()
-	w.h = newBehind(h, w.f)
+	w.h = newBehind(h, w.f, total)
 	saved, err := os.ReadFile(filepath.Join(w.dir, hashFile))
 	// Whatever happens next changes the data, so the saved state is stale.
 	os.Remove(filepath.Join(w.dir, hashFile))
@@ -389,14 +456,28 @@ func (w *writer) resume() error {
 	return nil
 }
 
-// Write implements content.Writer.
+// saveMark records in the written file that offset bytes of data are written.
+func (w *writer) saveMark(offset int64) error {
+	binary.BigEndian.PutUint64(w.markBuf[:], uint64(offset))
+	_, err := w.mark.WriteAt(w.markBuf[:], 0)
+	return err
+}
+
+// Write implements content.Writer. The bytes are in the file, and the
+// written file says so, before Write returns: what is acknowledged survives
+// contentd's death.
 func (w *writer) Write(p []byte) (int, error) {
 	if w.released {
 		return 0, fmt.Errorf("write to closed writer of %q: %w", w.ref, errdefs.ErrFailedPrecondition)
 	}
-	n, err := w.f.Write(p)
+	n, err := w.f.WriteAt(p, w.status.Offset)
+	if n > 0 {
+		if err := w.saveMark(w.status.Offset + int64(n)); err != nil {
+			return 0, fmt.Errorf("write ingest %q: %w", w.ref, err)
+		}
+	}
 	w.status.Offset += int64(n)
-	c := chunk{p: p[:n]}
+	c := chunk{p: p[:n], end: w.status.Offset}
 	if w.status.Offset-w.flushed >= writebackEvery {
 		c.flushFrom, c.flushTo = w.flushed, w.status.Offset
 		w.flushed = w.status.Offset
@@ -423,26 +504,30 @@ func (w *writer) Truncate(size int64) error {
 	if w.released {
 		return fmt.Errorf("truncate closed writer of %q: %w", w.ref, errdefs.ErrFailedPrecondition)
 	}
+	w.h.Hash().Reset()
+	w.h.prepared = 0
+	if err := w.saveMark(0); err != nil {
+		return err
+	}
 	if err := w.f.Truncate(0); err != nil {
 		return err
 	}
-	if _, err := w.f.Seek(0, io.SeekStart); err != nil {
-		return err
-	}
-	w.h.Hash().Reset()
 	w.flushed = 0
 	w.status.Offset = 0
 	w.status.UpdatedAt = time.Now().UTC()
 	return nil
 }
 
-// Close implements content.Writer: it saves the running hash so a later
-// writer resumes without re-reading the data.
+// Close implements content.Writer: it gives back the space allocated past
+// the data and saves the running hash so a later writer resumes without
+// re-reading the data.
 func (w *writer) Close() error {
 	if w.released {
 		return nil
 	}
-	if m, ok := w.h.Hash().(encoding.BinaryMarshaler); ok {
+	h := w.h.Hash()
+	w.f.Truncate(w.status.Offset) // best effort: resuming skips the rest anyway
+	if m, ok := h.(encoding.BinaryMarshaler); ok {
 		if state, err := m.MarshalBinary(); err == nil {
 			saved := binary.BigEndian.AppendUint64(nil, uint64(w.status.Offset))
 			// Best effort: a missing or stale state only costs a re-read.
@@ -459,7 +544,7 @@ func (w *writer) release() error {
 	}
 	w.released = true
 	w.h.Stop()
-	err := w.f.Close()
+	err := errors.Join(w.f.Close(), w.mark.Close())
 	w.s.unlock(w.dir)
 	return err
 }
@@ -474,6 +559,10 @@ func (w *writer) Commit(ctx context.Context, size int64, expected digest.Digest,
 		return err
 	}
 	dgst := w.Digest()
+	if err := w.f.Truncate(w.status.Offset); err != nil {
+		w.release()
+		return fmt.Errorf("commit %q: drop the space allocated ahead: %w", w.ref, err)
+	}
 	if err := w.f.Sync(); err != nil {
 		w.release()
 		return fmt.Errorf("commit %q: sync: %w", w.ref, err)

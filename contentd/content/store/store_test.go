@@ -231,6 +231,78 @@ func TestResume(t *testing.T) {
 	}
 }
 
+// TestSpaceAllocatedAhead checks that the space a large ingest allocates
+// past its data never counts as written: not in Status, not after a crash,
+// not in the committed blob; and that a clean Close gives it back.
+func TestSpaceAllocatedAhead(t *testing.T) {
+	data := make([]byte, prepareAfter+3<<20)
+	for i := range data {
+		data[i] = byte(i*7 + i>>12)
+	}
+	dgst := digest.FromBytes(data)
+	first := prepareAfter + 1<<20 // past prepareAfter, so space is allocated ahead
+	dataSize := func(t *testing.T, e *env) int64 {
+		fi, err := os.Stat(filepath.Join(e.s.ingestDir("a", "ref"), dataFile))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return fi.Size()
+	}
+	for _, crash := range []bool{false, true} {
+		name := map[bool]string{false: "a clean close gives the space back", true: "a crash leaves it, unread"}[crash]
+		t.Run(name, func(t *testing.T) {
+			e := newEnv(t)
+			ctx := nsCtx("a")
+			w, err := e.s.Writer(ctx, "ref", 0, "") // total unknown: allocated a full window ahead
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := w.Write(data[:first]); err != nil {
+				t.Fatal(err)
+			}
+			w.Digest() // waits for the work behind the write, allocation included
+			if got := dataSize(t, e); got <= int64(first) {
+				t.Fatalf("data is %d bytes after writing %d: nothing was allocated ahead", got, first)
+			}
+			if crash {
+				e.reopen(t) // the writer never closes
+			} else {
+				w.Close()
+				if got := dataSize(t, e); got != int64(first) {
+					t.Fatalf("data is %d bytes after Close, want the %d written", got, first)
+				}
+			}
+			if st, err := e.s.Status(ctx, "ref"); err != nil || st.Offset != int64(first) {
+				t.Fatalf("Status = %+v, %v; want offset %d", st, err, first)
+			}
+			w2, err := e.s.Writer(ctx, "ref", 0, "")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := w2.Status().Offset; got != int64(first) {
+				t.Fatalf("resumed at %d, want %d", got, first)
+			}
+			if _, err := w2.Write(data[first:]); err != nil {
+				t.Fatal(err)
+			}
+			if err := w2.Commit(ctx, int64(len(data)), dgst, nil); err != nil {
+				t.Fatal(err)
+			}
+			info, err := e.s.Info(ctx, dgst)
+			if err != nil || info.Size != int64(len(data)) {
+				t.Fatalf("Info = %+v, %v; want %d bytes", info, err, len(data))
+			}
+			fi, err := os.Stat(e.s.blobPath(dgst))
+			if err != nil || fi.Size() != int64(len(data)) {
+				t.Fatalf("blob on disk: %v, %v; want %d bytes", fi, err, len(data))
+			}
+			if got := readAll(t, ctx, e.s, dgst); !bytes.Equal(got, data) {
+				t.Error("blob differs from what was written")
+			}
+		})
+	}
+}
+
 func TestTruncateResetsTheIngest(t *testing.T) {
 	e := newEnv(t)
 	ctx := nsCtx("a")
