@@ -48,6 +48,7 @@ func Options() []grpc.DialOption {
 		grpc.WithInitialConnWindowSize(server.ConnWindow),
 		grpc.WithReadBufferSize(server.IOBuffer),
 		grpc.WithWriteBufferSize(server.IOBuffer),
+		grpc.WithDefaultCallOptions(grpc.ForceCodecV2(server.Codec{})),
 	}
 }
 

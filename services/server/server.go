@@ -93,6 +93,7 @@ func New(name string, cfg config.Common, log *slog.Logger, opts ...Option) *Serv
 		grpc.InitialConnWindowSize(ConnWindow),
 		grpc.ReadBufferSize(IOBuffer),
 		grpc.WriteBufferSize(IOBuffer),
+		grpc.ForceServerCodecV2(Codec{}),
 	}, o.grpcOpts...)
 
 	s := &Server{
