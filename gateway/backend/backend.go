@@ -6,7 +6,6 @@ package backend
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net"
 	"time"
@@ -14,7 +13,6 @@ import (
 	"github.com/containerd/errdefs"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/connectivity"
-	"google.golang.org/grpc/status"
 
 	"github.com/flotilla/flotilla/services/dial"
 	"github.com/flotilla/flotilla/services/server"
@@ -102,6 +100,21 @@ func (b *Backend) Address() string { return b.address }
 // Services are the containerd service IDs the backend owns.
 func (b *Backend) Services() []string { return b.services }
 
+// Target is the backend's address as a gRPC target (unix:///path,
+// dns:///host:port), as errors name it.
+func (b *Backend) Target() string { return b.target }
+
+// DialContext opens a new connection to the backend, for the gateway's
+// relay.
+func (b *Backend) DialContext(ctx context.Context) (net.Conn, error) {
+	network, address, err := server.SplitAddress(b.address)
+	if err != nil {
+		return nil, err
+	}
+	var d net.Dialer
+	return d.DialContext(ctx, network, address)
+}
+
 // Conn is the connection to the backend, for calls made after Ready.
 func (b *Backend) Conn() *grpc.ClientConn { return b.conn }
 
@@ -146,16 +159,6 @@ func (b *Backend) Ready(ctx context.Context) error {
 
 // Connected reports whether the connection to the backend is up now.
 func (b *Backend) Connected() bool { return b.conn.GetState() == connectivity.Ready }
-
-// Unreachable wraps err, the failure of a call that never reached the
-// backend because the connection to it broke, into an
-// errdefs.ErrUnavailable error naming the backend and its address.
-func (b *Backend) Unreachable(err error) error {
-	if st, ok := status.FromError(err); ok {
-		err = errors.New(st.Message())
-	}
-	return fmt.Errorf("%s (%s) is unavailable: %w: %w", b.name, b.target, err, errdefs.ErrUnavailable)
-}
 
 // reason explains why the backend did not connect: the error of a direct
 // dial when there is one (no such socket, connection refused), the gRPC

@@ -11,8 +11,6 @@ import (
 
 	"github.com/containerd/errdefs"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 
 	"github.com/flotilla/flotilla/gateway/backend"
 	"github.com/flotilla/flotilla/gateway/internal/sockdir"
@@ -65,19 +63,6 @@ func TestReady(t *testing.T) {
 			t.Error("Connected is false after Ready")
 		}
 	})
-}
-
-func TestUnreachable(t *testing.T) {
-	b, err := backend.Dial("eventd", "tcp://127.0.0.1:1", []string{"events"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer b.Close()
-	err = b.Unreachable(status.Error(codes.Unavailable, "connection reset"))
-	want := "eventd (passthrough:///127.0.0.1:1) is unavailable: connection reset"
-	if !errdefs.IsUnavailable(err) || !strings.HasPrefix(err.Error(), want) {
-		t.Fatalf("got %v, want an Unavailable error starting %q", err, want)
-	}
 }
 
 func TestDialRefusesBadAddress(t *testing.T) {

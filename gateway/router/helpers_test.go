@@ -178,7 +178,7 @@ func newStack(tb testing.TB) *stack {
 	tb.Cleanup(func() { b.Close() })
 	r := router.New()
 	r.Route(b)
-	serve(tb, "gateway", s.gatewayAddr, func(*grpc.Server) {}, server.WithGRPCOptions(r.ServerOptions()...))
+	serve(tb, "gateway", s.gatewayAddr, func(*grpc.Server) {}, server.WithFrontDoor(r.FrontDoor))
 
 	s.direct = clientConn(tb, s.backendAddr)
 	s.gateway = clientConn(tb, s.gatewayAddr)

@@ -50,17 +50,36 @@ type Server struct {
 	registry *prometheus.Registry
 	started  time.Time
 	onStop   []func()
+
+	frontDoor FrontDoor      // nil: the gRPC server serves the socket
+	local     *localListener // the gRPC server's side of DialLocal
 }
 
 type options struct {
-	grpcOpts []grpc.ServerOption
+	grpcOpts  []grpc.ServerOption
+	frontDoor func(*Server) FrontDoor
 }
 
 // Option changes how New builds the server.
 type Option func(*options)
 
-// WithGRPCOptions adds options to the gRPC server, such as the gateway's
-// handler for services it does not implement itself.
+// A FrontDoor serves a daemon's socket in place of its gRPC server: the
+// gateway's relay. The gRPC server then serves only the connections the
+// front door makes to it with Server.DialLocal.
+type FrontDoor interface {
+	Serve(net.Listener) error
+	// Shutdown stops taking calls and waits for those in flight until ctx
+	// ends, then cuts them.
+	Shutdown(ctx context.Context) error
+}
+
+// WithFrontDoor has the server's socket served by the front door that
+// build returns for it.
+func WithFrontDoor(build func(*Server) FrontDoor) Option {
+	return func(o *options) { o.frontDoor = build }
+}
+
+// WithGRPCOptions adds options to the gRPC server.
 func WithGRPCOptions(opts ...grpc.ServerOption) Option {
 	return func(o *options) { o.grpcOpts = append(o.grpcOpts, opts...) }
 }
@@ -108,7 +127,23 @@ func New(name string, cfg config.Common, log *slog.Logger, opts ...Option) *Serv
 	}
 	healthpb.RegisterHealthServer(s.grpc, s.health)
 	servicev1.RegisterInfoServer(s.grpc, &infoService{s: s})
+	if o.frontDoor != nil {
+		s.local = newLocalListener()
+		s.frontDoor = o.frontDoor(s)
+	}
 	return s
+}
+
+// CallMetrics are the Prometheus metrics of the calls the server handles,
+// for a front door to count the calls it relays in the same series.
+func (s *Server) CallMetrics() *grpcprom.ServerMetrics { return s.metrics }
+
+// DialLocal connects to the gRPC server of a server built WithFrontDoor.
+func (s *Server) DialLocal(ctx context.Context) (net.Conn, error) {
+	if s.local == nil {
+		return nil, errors.New("no front door: dial the server's address")
+	}
+	return s.local.dial(ctx)
 }
 
 // GRPC is the server to register the daemon's services on.
@@ -176,8 +211,13 @@ func (s *Server) Run(ctx context.Context) error {
 		}()
 	}
 
-	served := make(chan error, 1)
-	go func() { served <- s.grpc.Serve(l) }()
+	served := make(chan error, 2)
+	if s.frontDoor != nil {
+		go func() { served <- s.grpc.Serve(s.local) }()
+		go func() { served <- s.frontDoor.Serve(l) }()
+	} else {
+		go func() { served <- s.grpc.Serve(l) }()
+	}
 	s.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
 	s.log.Info("serving", "address", s.cfg.Address, "metrics", s.cfg.MetricsAddress,
 		"version", version.Version, "revision", version.Revision, "pid", os.Getpid())
@@ -189,6 +229,13 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 	s.log.Info("shutting down", "timeout", s.cfg.ShutdownTimeout.String())
 	s.health.Shutdown()
+	if s.frontDoor != nil {
+		sctx, cancel := context.WithTimeout(context.Background(), time.Duration(s.cfg.ShutdownTimeout))
+		if err := s.frontDoor.Shutdown(sctx); err != nil {
+			s.log.Warn("in-flight calls did not finish in time; cutting them", "timeout", s.cfg.ShutdownTimeout.String())
+		}
+		cancel()
+	}
 	s.stopGRPC(time.Duration(s.cfg.ShutdownTimeout))
 	if metricsSrv != nil {
 		sctx, cancel := context.WithTimeout(context.Background(), time.Second)

@@ -58,7 +58,7 @@ func spec() daemon.Spec {
 					fmt.Sprintf("address of %s, which serves containerd's %s services: a unix socket path, unix:///path or tcp://host:port", o.Name, strings.Join(o.Services, ", ")))
 			}
 		},
-		ServerOptions: []server.Option{server.WithGRPCOptions(r.ServerOptions()...)},
+		ServerOptions: []server.Option{server.WithFrontDoor(r.FrontDoor)},
 		Setup: func(ctx context.Context, srv *server.Server) error {
 			var backends []*backend.Backend
 			for _, o := range backend.Owners {
