@@ -87,3 +87,56 @@ func TestUnclearedPoolClasses(t *testing.T) {
 		p.Put(b)
 	}
 }
+
+// owned records what the codec hands an OwnedUnmarshaler.
+type owned struct {
+	buf     []byte
+	release func()
+}
+
+func (o *owned) UnmarshalOwned(buf []byte, release func()) error {
+	o.buf, o.release = buf, release
+	return nil
+}
+
+// countingPool counts the buffers given back to it.
+type countingPool struct{ put int }
+
+func (p *countingPool) Get(n int) *[]byte { b := make([]byte, n); return &b }
+func (p *countingPool) Put(*[]byte)       { p.put++ }
+
+func TestCodecHandsBuffersOver(t *testing.T) {
+	msg := bytes.Repeat([]byte("x"), 8<<10)
+	t.Run("a message in one buffer is handed over in place", func(t *testing.T) {
+		pool := &countingPool{}
+		b := bytes.Clone(msg)
+		data := mem.BufferSlice{mem.NewBuffer(&b, pool)}
+		var o owned
+		if err := (Codec{}).Unmarshal(data, &o); err != nil {
+			t.Fatal(err)
+		}
+		data.Free() // as gRPC does once Unmarshal returns
+		if pool.put != 0 {
+			t.Fatal("the buffer went back to its pool while the message holds it")
+		}
+		if &o.buf[0] != &b[0] || !bytes.Equal(o.buf, msg) {
+			t.Fatal("the message was not handed the buffer it arrived in")
+		}
+		o.release()
+		if pool.put != 1 {
+			t.Fatalf("after release the pool got %d buffers back, want 1", pool.put)
+		}
+	})
+	t.Run("a message in pieces is gathered into a buffer it owns", func(t *testing.T) {
+		data := split(msg, 1000)
+		var o owned
+		if err := (Codec{}).Unmarshal(data, &o); err != nil {
+			t.Fatal(err)
+		}
+		data.Free()
+		if !bytes.Equal(o.buf, msg) {
+			t.Fatal("gathered message differs")
+		}
+		o.release()
+	})
+}

@@ -8,7 +8,11 @@ import (
 	api "github.com/containerd/containerd/api/services/content/v1"
 	"github.com/containerd/errdefs"
 	"github.com/opencontainers/go-digest"
+	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/flotilla/flotilla/contentd/content"
 )
 
 // Write implements api.ContentServer with containerd's protocol:
@@ -33,7 +37,8 @@ import (
 // A stream that ends without COMMIT leaves the ingest to be resumed.
 func (s *Service) Write(stream api.Content_WriteServer) error {
 	ctx := stream.Context()
-	req, err := stream.Recv()
+	req, err := recvWrite(stream)
+	defer func() { req.Release() }() // the request in hand when the stream ends
 	if err != nil {
 		if errors.Is(err, io.EOF) {
 			return nil
@@ -100,7 +105,7 @@ func (s *Service) Write(stream api.Content_WriteServer) error {
 				resp.Offset = 0
 			}
 			if data := req.GetData(); len(data) > 0 {
-				n, err := w.Write(data)
+				n, err := writeOwned(w, data, req.take())
 				if err != nil {
 					return err
 				}
@@ -119,11 +124,94 @@ func (s *Service) Write(stream api.Content_WriteServer) error {
 		if err := stream.Send(resp); err != nil {
 			return err
 		}
-		if req, err = stream.Recv(); err != nil {
+		req.Release()
+		if req, err = recvWrite(stream); err != nil {
 			if errors.Is(err, io.EOF) {
 				return nil
 			}
 			return err
 		}
 	}
+}
+
+// writeRequest is a WriteContentRequest whose data, received through the
+// kit's codec, stays in the buffer gRPC gathered the message in instead of
+// being copied out of it: at 1 MiB a message, that copy and the garbage it
+// makes cost an ingest more than anything but the write itself. The buffer
+// goes back once the store has hashed the data (writeOwned), or with
+// Release.
+type writeRequest struct {
+	api.WriteContentRequest
+	release func()
+}
+
+// recvWrite receives the next request of a Write stream. The request is
+// never nil, so that Release can always be called.
+func recvWrite(stream api.Content_WriteServer) (*writeRequest, error) {
+	req := new(writeRequest)
+	return req, stream.RecvMsg(req)
+}
+
+// UnmarshalOwned implements server.OwnedUnmarshaler: the data field refers
+// to buf; the other fields, small, are decoded as usual.
+func (r *writeRequest) UnmarshalOwned(buf []byte, release func()) error {
+	r.release = release
+	var rest []byte
+	var data []byte
+	for b := buf; len(b) > 0; {
+		num, typ, n := protowire.ConsumeTag(b)
+		if n < 0 {
+			return fmt.Errorf("write request: %w", protowire.ParseError(n))
+		}
+		m := protowire.ConsumeFieldValue(num, typ, b[n:])
+		if m < 0 {
+			return fmt.Errorf("write request: %w", protowire.ParseError(m))
+		}
+		if num == dataField && typ == protowire.BytesType {
+			data, _ = protowire.ConsumeBytes(b[n:]) // the last occurrence wins, as in protobuf
+		} else {
+			rest = append(rest, b[:n+m]...)
+		}
+		b = b[n+m:]
+	}
+	if err := proto.Unmarshal(rest, &r.WriteContentRequest); err != nil {
+		return fmt.Errorf("write request: %w", err)
+	}
+	r.Data = data
+	return nil
+}
+
+// dataField is WriteContentRequest's data field number.
+const dataField = 6
+
+// take hands over the release of the request's buffer to the caller.
+func (r *writeRequest) take() func() {
+	release := r.release
+	r.release = nil
+	return release
+}
+
+// Release gives the request's buffer back, unless take handed it over.
+func (r *writeRequest) Release() {
+	if r != nil && r.release != nil {
+		r.take()()
+	}
+}
+
+// ownedWriter is a content.Writer that can keep the caller's buffer until
+// it is done with it.
+type ownedWriter interface {
+	WriteOwned(p []byte, release func()) (int, error)
+}
+
+// writeOwned writes p to w, which releases it when done with it.
+func writeOwned(w content.Writer, p []byte, release func()) (int, error) {
+	if ow, ok := w.(ownedWriter); ok {
+		return ow.WriteOwned(p, release)
+	}
+	n, err := w.Write(p)
+	if release != nil {
+		release()
+	}
+	return n, err
 }

@@ -36,6 +36,8 @@ type chunk struct {
 	// flushTo, when past flushFrom, starts writeback of the file from
 	// flushFrom up to there once p is hashed.
 	flushFrom, flushTo int64
+	// release, when set, gives p back once it is hashed.
+	release func()
 }
 
 // behindQueue is how many chunks may wait; a Write stream's chunks are up
@@ -60,6 +62,9 @@ func newBehind(h hash.Hash, f *os.File, total int64) *behind {
 	go func() {
 		for c := range b.work {
 			b.h.Write(c.p)
+			if c.release != nil {
+				c.release()
+			}
 			if c.flushTo > c.flushFrom {
 				startWriteback(b.f, c.flushFrom, c.flushTo-c.flushFrom)
 			}

@@ -465,19 +465,31 @@ func (w *writer) saveMark(offset int64) error {
 
 // Write implements content.Writer. The bytes are in the file, and the
 // written file says so, before Write returns: what is acknowledged survives
-// contentd's death.
-func (w *writer) Write(p []byte) (int, error) {
+// contentd's death. p must not change until the writer's next call: it is
+// hashed behind the acknowledgement.
+func (w *writer) Write(p []byte) (int, error) { return w.WriteOwned(p, nil) }
+
+// WriteOwned is Write for a p that stays the caller's until the writer
+// calls release (when non-nil), once it is done with p: a buffer the
+// message arrived in can be hashed where it is, rather than copied out.
+func (w *writer) WriteOwned(p []byte, release func()) (int, error) {
 	if w.released {
+		if release != nil {
+			release()
+		}
 		return 0, fmt.Errorf("write to closed writer of %q: %w", w.ref, errdefs.ErrFailedPrecondition)
 	}
 	n, err := w.f.WriteAt(p, w.status.Offset)
 	if n > 0 {
 		if err := w.saveMark(w.status.Offset + int64(n)); err != nil {
+			if release != nil {
+				release()
+			}
 			return 0, fmt.Errorf("write ingest %q: %w", w.ref, err)
 		}
 	}
 	w.status.Offset += int64(n)
-	c := chunk{p: p[:n], end: w.status.Offset}
+	c := chunk{p: p[:n], end: w.status.Offset, release: release}
 	if w.status.Offset-w.flushed >= writebackEvery {
 		c.flushFrom, c.flushTo = w.flushed, w.status.Offset
 		w.flushed = w.status.Offset
