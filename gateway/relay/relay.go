@@ -45,10 +45,18 @@ const (
 	connWindow   = 16 << 20
 	ioBuffer     = 256 << 10
 
+	// maxStreams is how many calls a client may have open at once on one
+	// connection: enough for any client, a bound on what one can cost.
+	maxStreams = 1000
+
 	// defaultWindow and defaultMaxFrame are HTTP/2's initial values, in
 	// force until a peer's SETTINGS say otherwise.
 	defaultWindow   = 65535
 	defaultMaxFrame = 16384
+
+	// goAwayLinger is how long a connection ended for a protocol error
+	// stays open for its client to read why.
+	goAwayLinger = time.Second
 )
 
 // An Upstream is a service the relay sends calls to.
@@ -245,7 +253,10 @@ func (ss *session) serve() {
 	defer ss.srv.ended(ss)
 	c := ss.client
 	ss.mu.Lock()
-	c.fr.WriteSettings(http2.Setting{ID: http2.SettingInitialWindowSize, Val: streamWindow})
+	c.fr.WriteSettings(
+		http2.Setting{ID: http2.SettingInitialWindowSize, Val: streamWindow},
+		http2.Setting{ID: http2.SettingMaxConcurrentStreams, Val: maxStreams},
+	)
 	c.fr.WriteWindowUpdate(0, connWindow-defaultWindow)
 	ss.mu.Unlock()
 	c.flush()
@@ -271,16 +282,22 @@ func (ss *session) serve() {
 			return
 		}
 		ss.mu.Lock()
-		ss.fromClient(f)
+		err = ss.fromClient(f)
 		done := ss.going && len(ss.streams) == 0
 		full := ss.full
 		ss.full = false
 		ss.mu.Unlock()
-		if full || done || wouldBlock(br) {
+		if full || done || err != nil || wouldBlock(br) {
 			ss.flushAll()
 		}
-		if done {
-			ss.close(nil)
+		if err != nil {
+			// Give the client a moment to read the GOAWAY: closing with
+			// its data unread would reset the connection before it does.
+			c.nc.SetReadDeadline(time.Now().Add(goAwayLinger))
+			io.Copy(io.Discard, br)
+		}
+		if done || err != nil {
+			ss.close(err)
 			return
 		}
 	}
@@ -332,13 +349,14 @@ func (ss *session) close(err error) {
 	ss.client.nc.Close()
 }
 
-// fromClient handles one frame from the client. ss.mu is held.
-func (ss *session) fromClient(f http2.Frame) {
+// fromClient handles one frame from the client. An error ends the
+// connection, the client told why with GOAWAY. ss.mu is held.
+func (ss *session) fromClient(f http2.Frame) error {
 	c := ss.client
 	switch f := f.(type) {
 	case *http2.SettingsFrame:
 		if f.IsAck() {
-			return
+			return nil
 		}
 		ss.applySettings(c, f)
 		c.fr.WriteSettingsAck()
@@ -358,20 +376,33 @@ func (ss *session) fromClient(f http2.Frame) {
 		if st := ss.streams[f.StreamID]; st != nil {
 			// Trailers from the client: gRPC sends none, but pass them on.
 			ss.sendHeaders(st, &st.toUp, f.Fields, f.StreamEnded())
-			return
+			return nil
 		}
 		if f.StreamID <= ss.lastID || f.StreamID%2 == 0 {
-			return // a stream that is over, or not the client's to open
+			return nil // a stream that is over, or not the client's to open
 		}
 		ss.lastID = f.StreamID
+		if len(ss.streams) >= maxStreams {
+			c.fr.WriteRSTStream(f.StreamID, http2.ErrCodeRefusedStream)
+			return nil
+		}
 		ss.open(f)
 	case *http2.DataFrame:
+		if !c.received(int(f.Length)) {
+			c.fr.WriteGoAway(ss.lastID, http2.ErrCodeFlowControl, nil)
+			return errors.New("client sent past its connection window")
+		}
 		st := ss.streams[f.StreamID]
 		if st == nil || st.toUp.ended {
 			// A call that is over (answered, reset): its data goes nowhere,
 			// but the client gets its window back.
 			ss.credit(c, nil, int(f.Length))
-			return
+			return nil
+		}
+		if st.toUp.recvWin -= int64(f.Length); st.toUp.recvWin < 0 {
+			ss.credit(c, nil, int(f.Length))
+			ss.fail(st, codes.Internal, "the client sent past its stream window")
+			return nil
 		}
 		ss.forwardData(st, &st.toUp, f.Data(), f.StreamEnded(), int(f.Length))
 	case *http2.RSTStreamFrame:
@@ -379,6 +410,7 @@ func (ss *session) fromClient(f http2.Frame) {
 	case *http2.GoAwayFrame, *http2.PriorityFrame:
 		// The client will close; priorities do not matter to a relay.
 	}
+	return nil
 }
 
 // resetFromClient ends stream id at the client's request. ss.mu is held.
@@ -397,7 +429,7 @@ func (ss *session) resetFromClient(id uint32, code http2.ErrCode) {
 func (ss *session) open(f *http2.MetaHeadersFrame) {
 	method := f.PseudoValue("path")
 	st := &stream{id: f.StreamID, method: method, code: codes.OK}
-	st.toClient = half{id: st.id, dst: ss.client, window: ss.client.initWin}
+	st.toClient = half{id: st.id, dst: ss.client, window: ss.client.initWin, recvWin: streamWindow}
 	if ss.srv.observe != nil {
 		st.observed = ss.srv.observe.Begin(method)
 	}
@@ -416,7 +448,7 @@ func (ss *session) open(f *http2.MetaHeadersFrame) {
 	}
 	p := ss.upstream(u)
 	st.up = p
-	st.toUp = half{id: st.id, dst: p, window: p.initWin}
+	st.toUp = half{id: st.id, dst: p, window: p.initWin, recvWin: streamWindow}
 	p.streams[st.id] = st
 	ss.sendHeaders(st, &st.toUp, forwardable(f.Fields), f.StreamEnded())
 }
@@ -559,9 +591,19 @@ func (ss *session) fromUpstream(p *peer, f http2.Frame) {
 		st.answered = true
 		ss.sendHeaders(st, &st.toClient, forwardable(f.Fields), f.StreamEnded())
 	case *http2.DataFrame:
+		if !p.received(int(f.Length)) {
+			p.fr.WriteGoAway(0, http2.ErrCodeFlowControl, nil)
+			ss.lost(p, p.name+" sent past its connection window")
+			return
+		}
 		st := p.streams[f.StreamID]
 		if st == nil || st.toClient.ended {
 			ss.credit(p, nil, int(f.Length))
+			return
+		}
+		if st.toClient.recvWin -= int64(f.Length); st.toClient.recvWin < 0 {
+			ss.credit(p, nil, int(f.Length))
+			ss.fail(st, codes.Internal, p.name+" sent past its stream window")
 			return
 		}
 		ss.forwardData(st, &st.toClient, f.Data(), f.StreamEnded(), int(f.Length))

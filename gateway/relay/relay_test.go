@@ -8,12 +8,15 @@ import (
 	"io"
 	"net"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/containerd/errdefs"
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
@@ -449,4 +452,146 @@ func TestShutdownLetsCallsFinish(t *testing.T) {
 	if err := <-shut; err != nil {
 		t.Fatalf("Shutdown: %v", err)
 	}
+}
+
+// rawClient is an HTTP/2 client that ignores flow control, to check that the
+// relay holds a client to the windows it grants.
+type rawClient struct {
+	t   *testing.T
+	wmu sync.Mutex // the framer writes one frame at a time
+	nc  net.Conn
+	fr  *http2.Framer
+	enc *hpack.Encoder
+	hb  bytes.Buffer
+}
+
+func newRawClient(t *testing.T, addr string) *rawClient {
+	nc, err := net.Dial("unix", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { nc.Close() })
+	c := &rawClient{t: t, nc: nc, fr: http2.NewFramer(nc, nc)}
+	c.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
+	c.enc = hpack.NewEncoder(&c.hb)
+	io.WriteString(nc, http2.ClientPreface)
+	c.fr.WriteSettings()
+	return c
+}
+
+func (c *rawClient) open(id uint32, path string) {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	c.hb.Reset()
+	for _, f := range []hpack.HeaderField{
+		{Name: ":method", Value: "POST"}, {Name: ":scheme", Value: "http"}, {Name: ":path", Value: path},
+		{Name: ":authority", Value: "relay"}, {Name: "content-type", Value: "application/grpc"}, {Name: "te", Value: "trailers"},
+	} {
+		c.enc.WriteField(f)
+	}
+	if err := c.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: c.hb.Bytes(), EndHeaders: true}); err != nil {
+		c.t.Fatal(err)
+	}
+}
+
+// flood sends n bytes of DATA on stream id, windows or not, in the
+// background (the relay may stop reading).
+func (c *rawClient) flood(id uint32, n int) {
+	chunk := make([]byte, 16<<10)
+	go func() {
+		for sent := 0; sent < n; sent += len(chunk) {
+			c.wmu.Lock()
+			err := c.fr.WriteData(id, false, chunk)
+			c.wmu.Unlock()
+			if err != nil {
+				return
+			}
+		}
+	}()
+}
+
+// waitFor reads frames until match returns true, or fails the test.
+func (c *rawClient) waitFor(what string, match func(http2.Frame) bool) {
+	c.nc.SetReadDeadline(time.Now().Add(10 * time.Second))
+	for {
+		f, err := c.fr.ReadFrame()
+		if err != nil {
+			c.t.Fatalf("waiting for %s: %v", what, err)
+		}
+		if match(f) {
+			return
+		}
+	}
+}
+
+func TestRelayHoldsClientsToTheirWindows(t *testing.T) {
+	dir := sockdir.New(t)
+	// A backend that never reads: whatever the relay cannot forward, it holds.
+	b := startBackend(t, dir, func(_ any, ss grpc.ServerStream) error {
+		<-ss.Context().Done()
+		return nil
+	})
+	f := startRelay(t, dir, b.addr)
+	addr := filepath.Join(dir, "relay.sock")
+	_ = f
+
+	t.Run("past a stream's window the call is ended", func(t *testing.T) {
+		c := newRawClient(t, addr)
+		c.open(1, "/test.Sink/Bidi")
+		c.flood(1, 12<<20) // the relay grants 4 MiB, and 4 MiB more as it forwards 4 MiB
+		c.waitFor("the call's end", func(f http2.Frame) bool {
+			switch f := f.(type) {
+			case *http2.MetaHeadersFrame:
+				if f.StreamID == 1 && f.StreamEnded() {
+					if got := f.PseudoValue("status"); got != "" && got != "200" {
+						t.Errorf(":status %s", got)
+					}
+					for _, h := range f.Fields {
+						if h.Name == "grpc-status" && h.Value != strconv.Itoa(int(codes.Internal)) {
+							t.Errorf("grpc-status %s, want Internal", h.Value)
+						}
+					}
+					return true
+				}
+			case *http2.RSTStreamFrame:
+				return f.StreamID == 1
+			}
+			return false
+		})
+	})
+
+	t.Run("past the connection's window the connection is ended", func(t *testing.T) {
+		// An upstream that takes its time to answer the dial: the relay
+		// forwards nothing, so it grants the client nothing back.
+		slow := &relay.Upstream{Name: "slow", Dial: func(ctx context.Context) (net.Conn, error) {
+			<-ctx.Done()
+			return nil, ctx.Err()
+		}}
+		r := relay.New(func(string) (*relay.Upstream, error) { return slow, nil }, relay.WithReadyWait(20*time.Second))
+		addr := filepath.Join(dir, "slow-relay.sock")
+		l, err := net.Listen("unix", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		go r.Serve(l)
+		defer func() {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+			defer cancel()
+			r.Shutdown(ctx)
+		}()
+		c := newRawClient(t, addr)
+		// 24 MiB in all, within each stream's 4 MiB, past the 16 MiB the
+		// relay grants the connection.
+		for id := uint32(1); id <= 11; id += 2 {
+			c.open(id, "/test.Sink/Bidi")
+			c.flood(id, 4<<20)
+		}
+		c.waitFor("GOAWAY", func(f http2.Frame) bool {
+			g, ok := f.(*http2.GoAwayFrame)
+			if ok && g.ErrCode != http2.ErrCodeFlowControl {
+				t.Errorf("GOAWAY %v, want FLOW_CONTROL_ERROR", g.ErrCode)
+			}
+			return ok
+		})
+	})
 }

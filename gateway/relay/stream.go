@@ -65,6 +65,9 @@ type half struct {
 	// has ended its half, so it needs no more window.
 	unacked  int64
 	srcEnded bool
+	// recvWin is what the relay still lets the other side send on the
+	// stream; a peer that sends past it breaks the protocol.
+	recvWin int64
 }
 
 type item struct {
@@ -222,6 +225,7 @@ func (ss *session) credit(src *peer, h *half, n int) {
 	src.unacked += int64(n)
 	if src.unacked >= connWindow/4 {
 		src.fr.WriteWindowUpdate(0, uint32(src.unacked))
+		src.recvConn += src.unacked
 		src.unacked = 0
 	}
 	if h == nil {
@@ -231,6 +235,7 @@ func (ss *session) credit(src *peer, h *half, n int) {
 	// Once the sender has ended the stream it sends nothing more: no update.
 	if h.unacked >= streamWindow/4 && !h.srcEnded {
 		src.fr.WriteWindowUpdate(h.id, uint32(h.unacked))
+		h.recvWin += h.unacked
 		h.unacked = 0
 	}
 }
@@ -250,6 +255,7 @@ type peer struct {
 	hb  bytes.Buffer // header block scratch
 
 	sendConn int64  // connection window the peer grants the relay
+	recvConn int64  // connection window the relay grants the peer
 	initWin  int64  // the peer's initial stream window
 	maxFrame uint32 // the largest frame the peer takes
 	unacked  int64  // bytes the peer sent that were passed on, not yet granted back
@@ -267,6 +273,7 @@ func newPeer(ss *session, name string, up *Upstream) *peer {
 		name:     name,
 		up:       up,
 		sendConn: defaultWindow,
+		recvConn: connWindow, // granted with the first frames the relay sends
 		initWin:  defaultWindow,
 		maxFrame: defaultMaxFrame,
 		streams:  make(map[uint32]*stream),
@@ -274,6 +281,13 @@ func newPeer(ss *session, name string, up *Upstream) *peer {
 	p.fr = http2.NewFramer(outWriter{p}, nil)
 	p.enc = hpack.NewEncoder(&p.hb)
 	return p
+}
+
+// received accounts for n bytes of DATA from the peer against the
+// connection window the relay granted it; false means the peer sent past it.
+func (p *peer) received(n int) bool {
+	p.recvConn -= int64(n)
+	return p.recvConn >= 0
 }
 
 // outWriter appends what the framer writes to the peer's output.
