@@ -353,25 +353,10 @@ func (ss *session) close(err error) {
 // connection, the client told why with GOAWAY. ss.mu is held.
 func (ss *session) fromClient(f http2.Frame) error {
 	c := ss.client
+	if ss.connectionFrame(c, f) {
+		return nil
+	}
 	switch f := f.(type) {
-	case *http2.SettingsFrame:
-		if f.IsAck() {
-			return nil
-		}
-		ss.applySettings(c, f)
-		c.fr.WriteSettingsAck()
-	case *http2.PingFrame:
-		if !f.IsAck() {
-			c.fr.WritePing(true, f.Data)
-		}
-	case *http2.WindowUpdateFrame:
-		if f.StreamID == 0 {
-			c.sendConn += int64(f.Increment)
-			ss.drainTo(c)
-		} else if st := ss.streams[f.StreamID]; st != nil {
-			st.toClient.window += int64(f.Increment)
-			ss.drain(st, &st.toClient)
-		}
 	case *http2.MetaHeadersFrame:
 		if st := ss.streams[f.StreamID]; st != nil {
 			// Trailers from the client: gRPC sends none, but pass them on.
@@ -559,25 +544,10 @@ func (ss *session) readUpstream(p *peer) {
 
 // fromUpstream handles one frame from upstream connection p. ss.mu is held.
 func (ss *session) fromUpstream(p *peer, f http2.Frame) {
+	if ss.connectionFrame(p, f) {
+		return
+	}
 	switch f := f.(type) {
-	case *http2.SettingsFrame:
-		if f.IsAck() {
-			return
-		}
-		ss.applySettings(p, f)
-		p.fr.WriteSettingsAck()
-	case *http2.PingFrame:
-		if !f.IsAck() {
-			p.fr.WritePing(true, f.Data)
-		}
-	case *http2.WindowUpdateFrame:
-		if f.StreamID == 0 {
-			p.sendConn += int64(f.Increment)
-			ss.drainTo(p)
-		} else if st := p.streams[f.StreamID]; st != nil {
-			st.toUp.window += int64(f.Increment)
-			ss.drain(st, &st.toUp)
-		}
 	case *http2.MetaHeadersFrame:
 		st := p.streams[f.StreamID]
 		if st == nil {
@@ -630,6 +600,35 @@ func (ss *session) fromUpstream(p *peer, f http2.Frame) {
 			}
 		}
 	}
+}
+
+// connectionFrame handles the frames that mean the same from the client
+// and from an upstream: SETTINGS, PING and WINDOW_UPDATE. It reports
+// whether f was one of them. ss.mu is held.
+func (ss *session) connectionFrame(p *peer, f http2.Frame) bool {
+	switch f := f.(type) {
+	case *http2.SettingsFrame:
+		if !f.IsAck() {
+			ss.applySettings(p, f)
+			p.fr.WriteSettingsAck()
+		}
+	case *http2.PingFrame:
+		if !f.IsAck() {
+			p.fr.WritePing(true, f.Data)
+		}
+	case *http2.WindowUpdateFrame:
+		if f.StreamID == 0 {
+			p.sendConn += int64(f.Increment)
+			ss.drainTo(p)
+		} else if st := ss.streamsTo(p)[f.StreamID]; st != nil {
+			h := st.halfTo(p)
+			h.window += int64(f.Increment)
+			ss.drain(st, h)
+		}
+	default:
+		return false
+	}
+	return true
 }
 
 // lost ends upstream connection p and fails the calls on it with

@@ -216,7 +216,18 @@ func (s *Store) Abort(ctx context.Context, ref string) error {
 	if _, err := s.status(ns, ref); err != nil {
 		return err
 	}
-	if err := os.RemoveAll(s.ingestDir(ns, ref)); err != nil {
+	// Out of the way in one step, then removed: a writer still holding the
+	// ingest (its Close saves the hash state into the directory) cannot
+	// put files back into a directory being removed, and a crash halfway
+	// leaves nothing that looks like an ingest.
+	trash := filepath.Join(s.root, "trash", fmt.Sprintf("%s-%d", filepath.Base(s.ingestDir(ns, ref)), time.Now().UnixNano()))
+	if err := os.Rename(s.ingestDir(ns, ref), trash); err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("ingest %q: %w", ref, errdefs.ErrNotFound)
+		}
+		return fmt.Errorf("abort ingest %q: %w", ref, err)
+	}
+	if err := os.RemoveAll(trash); err != nil {
 		return fmt.Errorf("abort ingest %q: %w", ref, err)
 	}
 	if lease, ok := namespace.LeaseFromContext(ctx); ok {

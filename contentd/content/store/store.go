@@ -63,7 +63,11 @@ var _ content.Store = (*Store)(nil)
 // New opens the store rooted at root (creating its directories) whose
 // records live in db, a database opened by metadata.Open.
 func New(root string, db *bolt.DB) (*Store, error) {
-	for _, dir := range []string{filepath.Join(root, "blobs"), filepath.Join(root, "ingest")} {
+	// What an abort cut short is thrown away for good.
+	if err := os.RemoveAll(filepath.Join(root, "trash")); err != nil {
+		return nil, fmt.Errorf("content store: %w", err)
+	}
+	for _, dir := range []string{filepath.Join(root, "blobs"), filepath.Join(root, "ingest"), filepath.Join(root, "trash")} {
 		if err := os.MkdirAll(dir, 0o711); err != nil {
 			return nil, fmt.Errorf("content store: %w", err)
 		}

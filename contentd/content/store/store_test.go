@@ -580,6 +580,30 @@ func TestIngestManagement(t *testing.T) {
 		wantKind(t, err, errdefs.ErrNotFound)
 		wantKind(t, e.s.Abort(a, "config"), errdefs.ErrNotFound)
 	})
+	t.Run("Abort racing the writer's Close always removes the ingest", func(t *testing.T) {
+		// The writer's Close saves its hash state into the ingest directory
+		// while Abort removes it: Abort must neither fail nor leave the
+		// ingest half there.
+		for i := range 50 {
+			w, err := e.s.Writer(a, "raced", 0, "")
+			if err != nil {
+				t.Fatal(err)
+			}
+			w.Write([]byte("some data"))
+			closed := make(chan struct{})
+			go func() { w.Close(); close(closed) }()
+			if err := e.s.Abort(a, "raced"); err != nil {
+				t.Fatalf("round %d: Abort: %v", i, err)
+			}
+			<-closed
+			if _, err := e.s.Status(a, "raced"); !errdefs.IsNotFound(err) {
+				t.Fatalf("round %d: after Abort, Status = %v, want NotFound", i, err)
+			}
+			if _, err := os.Stat(e.s.ingestDir("a", "raced")); !errors.Is(err, os.ErrNotExist) {
+				t.Fatalf("round %d: the ingest directory is back: %v", i, err)
+			}
+		}
+	})
 	t.Run("Status of another namespace's ingest is NotFound", func(t *testing.T) {
 		_, err := e.s.Status(a, "layer-9")
 		wantKind(t, err, errdefs.ErrNotFound)
