@@ -8,11 +8,14 @@ set -euo pipefail
 # demo images are built from; containerd brings ctr, the client we prove
 # compatibility with, and containerd-shim-runc-v2; docker-compose validates
 # compose.yaml; protobuf-compiler is protoc for `make proto`; iproute2 and
-# tmux serve network and terminal tests.
+# tmux serve network and terminal tests; docker.io is Docker Engine, the
+# client that runs dockerd on Flotilla's socket; skopeo inspects what
+# Flotilla pushes to a registry.
 packages=(
 	ca-certificates git make gcc libc6-dev
 	runc redis-server docker-registry busybox-static containerd
 	docker-compose protobuf-compiler iproute2 tmux procps
+	docker.io skopeo
 )
 
 missing=()
@@ -30,7 +33,7 @@ if [ ${#missing[@]} -gt 0 ]; then
 	apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 	# Debian starts packaged daemons where it can; Flotilla and its tests start
 	# their own on temporary sockets and ports.
-	for svc in containerd redis-server docker-registry; do
+	for svc in containerd redis-server docker-registry docker; do
 		service "$svc" stop >/dev/null 2>&1 || true
 	done
 fi
@@ -38,4 +41,18 @@ fi
 if ! command -v go >/dev/null; then
 	echo "Go 1.26 is required (https://go.dev/dl); /usr/local/go/bin must be on PATH" >&2
 	exit 1
+fi
+
+# containerd 2.4.2 (ctr, the daemon and its runc shim), built from the module
+# proxy: the 2.x client Flotilla must serve, and the strongest containerd that
+# make bench compares against. Tests find it under $CONTAINERD2_BIN.
+CONTAINERD2_VERSION=v2.4.2
+CONTAINERD2_BIN=${CONTAINERD2_BIN:-/opt/containerd-2.4.2/bin}
+if ! [ -x "$CONTAINERD2_BIN/ctr" ] || ! [ -x "$CONTAINERD2_BIN/containerd" ] || ! [ -x "$CONTAINERD2_BIN/containerd-shim-runc-v2" ]; then
+	echo "building containerd $CONTAINERD2_VERSION into $CONTAINERD2_BIN"
+	mkdir -p "$CONTAINERD2_BIN"
+	(cd / && GOBIN="$CONTAINERD2_BIN" GOFLAGS=-mod=mod go install -tags no_btrfs \
+		"github.com/containerd/containerd/v2/cmd/ctr@$CONTAINERD2_VERSION" \
+		"github.com/containerd/containerd/v2/cmd/containerd@$CONTAINERD2_VERSION" \
+		"github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2@$CONTAINERD2_VERSION")
 fi
