@@ -32,8 +32,10 @@ type container struct {
 	init  *process
 	execs map[string]*process
 	// initExit is the init process's exit, held back while execs still run
-	// so that their exits are published first.
+	// or are being started, so that their exits are published first.
 	initExit *runc.Exit
+	// startingExecs counts the execs whose runtime exec is under way.
+	startingExecs int
 }
 
 // process is the init process (execID "") or an exec of a container.
@@ -47,9 +49,9 @@ type process struct {
 	pid     int
 	status  tasktypes.Status // CREATED, RUNNING or STOPPED
 	started bool             // the start event was published
-	// starting is set while the runtime starts the init process; an exit
-	// reaped meanwhile waits in pendingExit for Start to report it, so the
-	// start event precedes the exit event.
+	// starting is set while the runtime starts the process. For the init,
+	// an exit reaped meanwhile waits in pendingExit for Start to report it,
+	// so the start event precedes the exit event.
 	starting    bool
 	pendingExit *runc.Exit
 

@@ -92,8 +92,10 @@ type Service struct {
 	mu         sync.Mutex
 	containers map[string]*container
 	byPid      map[int]*process
-	// While execs are being started (startWindows > 0) every unclaimed exit
-	// is kept in unclaimed: an exec may exit before its pid is known.
+	// While a container is being created or an exec started
+	// (startWindows > 0) every exit of an unknown pid is kept in unclaimed:
+	// the process may exit before its pid is known (containerd's shim
+	// subscribes to exits before it starts a process for the same reason).
 	startWindows int
 	unclaimed    []runc.Exit
 
@@ -167,48 +169,97 @@ func (s *Service) handleExits() {
 	for e := range s.cfg.Exits {
 		s.mu.Lock()
 		if s.startWindows > 0 {
+			// A process being created or started may have exited before
+			// its pid is known; Create and Start look for it here.
 			s.unclaimed = append(s.unclaimed, e)
 		}
-		if p, ok := s.byPid[e.Pid]; ok {
+		p, ok := s.byPid[e.Pid]
+		if ok {
 			delete(s.byPid, e.Pid)
-			if p.starting {
-				ex := e
-				p.pendingExit = &ex
-			} else {
-				s.exitedLocked(p, e)
-			}
+		}
+		s.mu.Unlock()
+		if !ok {
+			continue
+		}
+		if p.execID == "" {
+			s.killRest(p.c)
+		}
+		s.mu.Lock()
+		if p.starting {
+			ex := e
+			p.pendingExit = &ex
+		} else {
+			s.exitedLocked(p, e)
 		}
 		s.mu.Unlock()
 	}
 }
 
+// killRest kills what is left of a container whose init exited when it
+// shares the host's PID namespace: there the kernel does not end the
+// other processes with init, so containerd's shim kills every process of
+// the container's cgroup before it reports the init's exit.
+func (s *Service) killRest(c *container) {
+	if c.ownPID {
+		return
+	}
+	if err := c.runtime.Kill(context.Background(), c.id, int(unix.SIGKILL), &runc.KillOpts{All: true}); err != nil {
+		s.log.Debug("kill the rest of a host-PID container", "id", c.id, "error", err)
+	}
+}
+
 // exitedLocked records the exit of p and publishes it, holding back the
-// init's exit while execs of the container still run.
+// init's exit while execs of the container still run or are being
+// started, so that their exits are published first.
 func (s *Service) exitedLocked(p *process, e runc.Exit) {
 	c := p.c
 	if p.execID == "" {
 		if c.oom != nil {
 			c.oom.Check() // the OOM kill, if that is what ended init, goes first
 		}
-		if s.runningExecsLocked(c) > 0 {
+		if s.runningExecsLocked(c)+c.startingExecs > 0 {
 			ex := e
 			c.initExit = &ex
-			if !c.ownPID {
-				// Without its own PID namespace the container's other
-				// processes outlive init; containerd's shim kills them.
-				go func() { _ = c.runtime.Kill(context.Background(), c.id, int(unix.SIGKILL), &runc.KillOpts{All: true}) }()
-			}
 			return
 		}
 		s.finishLocked(p, e)
 		return
 	}
 	s.finishLocked(p, e)
-	if c.initExit != nil && s.runningExecsLocked(c) == 0 {
+	s.releaseInitExitLocked(c)
+}
+
+// releaseInitExitLocked publishes the init's held-back exit once no exec
+// of the container runs or is being started.
+func (s *Service) releaseInitExitLocked(c *container) {
+	if c.initExit != nil && s.runningExecsLocked(c)+c.startingExecs == 0 {
 		e := *c.initExit
 		c.initExit = nil
 		s.finishLocked(c.init, e)
 	}
+}
+
+// openWindowLocked starts keeping the exits of unknown pids (see unclaimed).
+func (s *Service) openWindowLocked() { s.startWindows++ }
+
+// closeWindowLocked ends a window opened by openWindowLocked.
+func (s *Service) closeWindowLocked() {
+	s.startWindows--
+	if s.startWindows == 0 {
+		s.unclaimed = nil
+	}
+}
+
+// claimLocked takes the exit of pid kept while a window was open.
+func (s *Service) claimLocked(pid int) (runc.Exit, bool) {
+	for i := len(s.unclaimed) - 1; i >= 0; i-- {
+		if s.unclaimed[i].Pid == pid {
+			e := s.unclaimed[i]
+			s.unclaimed = append(s.unclaimed[:i], s.unclaimed[i+1:]...)
+			return e, true
+		}
+	}
+	return runc.Exit{}, false
 }
 
 func (s *Service) runningExecsLocked(c *container) int {
@@ -232,7 +283,9 @@ func (s *Service) finishLocked(p *process, e runc.Exit) {
 		p.c.paused = false
 	}
 	close(p.exited)
-	if p.started {
+	// An exec that never started has no exit to report; the init's exit
+	// is reported once it had a pid, started or not, as containerd does.
+	if p.started || p.execID == "" {
 		s.publish("/tasks/exit", &eventstypes.TaskExit{
 			ContainerID: p.c.id,
 			ID:          p.id(),
@@ -323,6 +376,18 @@ func (s *Service) Create(ctx context.Context, r *taskapi.CreateTaskRequest) (_ *
 		}
 	}()
 
+	s.mu.Lock()
+	s.openWindowLocked()
+	s.mu.Unlock()
+	windowOpen := true
+	defer func() {
+		if windowOpen {
+			s.mu.Lock()
+			s.closeWindowLocked()
+			s.mu.Unlock()
+		}
+	}()
+
 	pidFile := filepath.Join(c.bundle, InitPidFile)
 	err = c.runtime.Create(ctx, c.id, c.bundle, &runc.CreateOpts{
 		PidFile:       pidFile,
@@ -348,7 +413,6 @@ func (s *Service) Create(ctx context.Context, r *taskapi.CreateTaskRequest) (_ *
 	s.mu.Lock()
 	p.pid = pid
 	c.init = p
-	s.byPid[pid] = p
 	s.publish("/tasks/create", &eventstypes.TaskCreate{
 		ContainerID: c.id,
 		Bundle:      c.bundle,
@@ -357,8 +421,23 @@ func (s *Service) Create(ctx context.Context, r *taskapi.CreateTaskRequest) (_ *
 		Checkpoint:  r.GetCheckpoint(),
 		Pid:         uint32(pid),
 	})
+	// The init may have died already (killed while runc created it, by
+	// the OOM killer say): then the container is stopped, not created.
+	early, exited := s.claimLocked(pid)
+	if !exited {
+		s.byPid[pid] = p
+	}
+	s.closeWindowLocked()
+	windowOpen = false
 	s.mu.Unlock()
 
+	if exited {
+		s.killRest(c)
+		s.mu.Lock()
+		s.exitedLocked(p, early)
+		s.mu.Unlock()
+		return &taskapi.CreateTaskResponse{Pid: uint32(pid)}, nil
+	}
 	s.watchOOM(c, pid)
 	return &taskapi.CreateTaskResponse{Pid: uint32(pid)}, nil
 }
@@ -525,16 +604,22 @@ func lastLogError(path string) string {
 // ---- Start ----
 
 // Start starts the init process (execID "") or a created exec.
+//
+// Starting an exec does not take the container's lifecycle lock: a
+// `runc exec` may take long, and other execs, Kill or State must not wait
+// for it (containerd's shim does not hold its lock across it either).
+// While an exec is being started the init's exit is held back, so the
+// exec's start and exit events come before it.
 func (s *Service) Start(ctx context.Context, r *taskapi.StartRequest) (*taskapi.StartResponse, error) {
 	c, p, err := s.process(r.GetID(), r.GetExecID())
 	if err != nil {
 		return nil, err
 	}
-	c.lifecycle.Lock()
-	defer c.lifecycle.Unlock()
 	if p.execID != "" {
 		return s.startExec(ctx, c, p)
 	}
+	c.lifecycle.Lock()
+	defer c.lifecycle.Unlock()
 	s.mu.Lock()
 	if p.status != tasktypes.Status_CREATED || p.isStopped() {
 		s.mu.Unlock()
@@ -566,46 +651,41 @@ func (s *Service) Start(ctx context.Context, r *taskapi.StartRequest) (*taskapi.
 
 func (s *Service) startExec(ctx context.Context, c *container, p *process) (*taskapi.StartResponse, error) {
 	s.mu.Lock()
-	if p.status != tasktypes.Status_CREATED || p.isStopped() {
+	if p.status != tasktypes.Status_CREATED || p.starting || p.isStopped() {
 		s.mu.Unlock()
 		return nil, fmt.Errorf("start exec %s: process is %s, not created: %w", p.execID, p.status, errdefs.ErrFailedPrecondition)
 	}
-	if c.init.isStopped() {
+	if c.init.isStopped() || c.initExit != nil {
 		s.mu.Unlock()
 		return nil, fmt.Errorf("start exec %s: container %s is stopped: %w", p.execID, c.id, errdefs.ErrFailedPrecondition)
 	}
-	s.startWindows++
+	p.starting = true
+	c.startingExecs++
+	s.openWindowLocked()
 	s.mu.Unlock()
-	endWindow := func() {
-		s.startWindows--
-		if s.startWindows == 0 {
-			s.unclaimed = nil
-		}
-	}
 
 	pid, err := s.runExec(ctx, c, p)
 
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	defer endWindow()
+	defer s.closeWindowLocked()
+	p.starting = false
+	c.startingExecs--
 	if err != nil {
 		// It never ran: it is stopped without having started, so no events.
 		s.finishLocked(p, runc.Exit{Status: 255, Timestamp: time.Now()})
+		s.releaseInitExitLocked(c)
 		return nil, err
 	}
 	p.pid = pid
 	p.status = tasktypes.Status_RUNNING
 	p.started = true
 	s.publish("/tasks/exec-started", &eventstypes.TaskExecStarted{ContainerID: c.id, ExecID: p.execID, Pid: uint32(pid)})
-	for i := len(s.unclaimed) - 1; i >= 0; i-- {
-		if s.unclaimed[i].Pid == pid {
-			e := s.unclaimed[i]
-			s.unclaimed = append(s.unclaimed[:i], s.unclaimed[i+1:]...)
-			s.exitedLocked(p, e)
-			return &taskapi.StartResponse{Pid: uint32(pid)}, nil
-		}
+	if e, ok := s.claimLocked(pid); ok {
+		s.exitedLocked(p, e)
+	} else {
+		s.byPid[pid] = p
 	}
-	s.byPid[pid] = p
 	return &taskapi.StartResponse{Pid: uint32(pid)}, nil
 }
 
@@ -722,7 +802,7 @@ func isNotExist(err error) bool {
 
 func (s *Service) deleteExec(c *container, p *process) (*taskapi.DeleteResponse, error) {
 	s.mu.Lock()
-	if p.status == tasktypes.Status_RUNNING {
+	if p.status == tasktypes.Status_RUNNING || p.starting {
 		s.mu.Unlock()
 		return nil, fmt.Errorf("delete exec %s: process is running: %w", p.execID, errdefs.ErrFailedPrecondition)
 	}
@@ -761,7 +841,7 @@ func (s *Service) Exec(ctx context.Context, r *taskapi.ExecProcessRequest) (*emp
 	if err != nil {
 		return nil, err
 	}
-	if c.init.isStopped() {
+	if c.init.isStopped() || c.initExit != nil {
 		return nil, fmt.Errorf("exec in %s: container is stopped: %w", c.id, errdefs.ErrFailedPrecondition)
 	}
 	if _, ok := c.execs[r.GetExecID()]; ok {
@@ -784,7 +864,10 @@ func (s *Service) Kill(ctx context.Context, r *taskapi.KillRequest) (*emptypb.Em
 	if err != nil {
 		return nil, err
 	}
-	if p.isStopped() {
+	s.mu.Lock()
+	finished := p.isStopped() || (p.execID == "" && c.initExit != nil)
+	s.mu.Unlock()
+	if finished {
 		return nil, fmt.Errorf("kill %s: process already finished: %w", p.id(), errdefs.ErrNotFound)
 	}
 	if p.execID != "" {
