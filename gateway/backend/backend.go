@@ -35,9 +35,7 @@ type Owner struct {
 // Owners is Flotilla's division of containerd's API among its backends, in
 // the order the gateway reports them.
 var Owners = []Owner{
-	// contentd will own "transfer" too once it serves it; until then the
-	// gateway answers Unimplemented itself, naming the missing API.
-	{Name: "contentd", Services: []string{"content", "images", "leases", "namespaces"}},
+	{Name: "contentd", Services: []string{"content", "images", "leases", "namespaces", "transfer", "streaming"}},
 	{Name: "snapshotd", Services: []string{"snapshots", "diff"}},
 	{Name: "taskd", Services: []string{"containers", "tasks"}},
 	{Name: "eventd", Services: []string{"events"}},

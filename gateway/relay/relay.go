@@ -65,6 +65,10 @@ type Upstream struct {
 	Name string
 	// Dial connects to the service.
 	Dial func(ctx context.Context) (net.Conn, error)
+	// Header is metadata the gateway adds to every call it relays here
+	// (lower-case names), replacing whatever the caller sent under those
+	// names, so a caller cannot pose as another node.
+	Header []hpack.HeaderField
 }
 
 // A Router picks the upstream of a call by its full method name
@@ -435,7 +439,7 @@ func (ss *session) open(f *http2.MetaHeadersFrame) {
 	st.up = p
 	st.toUp = half{id: st.id, dst: p, window: p.initWin, recvWin: streamWindow}
 	p.streams[st.id] = st
-	ss.sendHeaders(st, &st.toUp, forwardable(f.Fields), f.StreamEnded())
+	ss.sendHeaders(st, &st.toUp, withHeader(forwardable(f.Fields), u.Header), f.StreamEnded())
 }
 
 // upstream returns the connection new calls to u go on, starting one

@@ -73,6 +73,28 @@ func forwardable(fields []hpack.HeaderField) []hpack.HeaderField {
 	return fields
 }
 
+// withHeader returns fields with extra's fields in place of any of the
+// same names.
+func withHeader(fields, extra []hpack.HeaderField) []hpack.HeaderField {
+	if len(extra) == 0 {
+		return fields
+	}
+	out := make([]hpack.HeaderField, 0, len(fields)+len(extra))
+	for _, f := range fields {
+		replaced := false
+		for _, e := range extra {
+			if f.Name == e.Name {
+				replaced = true
+				break
+			}
+		}
+		if !replaced {
+			out = append(out, f)
+		}
+	}
+	return append(out, extra...)
+}
+
 // encodeGRPCMessage percent-encodes msg as the grpc-message header wants:
 // bytes outside printable ASCII, and '%'.
 func encodeGRPCMessage(msg string) string {

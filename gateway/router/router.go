@@ -13,6 +13,9 @@ import (
 
 	"github.com/containerd/errdefs"
 
+	"golang.org/x/net/http2/hpack"
+
+	"github.com/flotilla/flotilla/services/node"
 	"github.com/flotilla/flotilla/services/server"
 
 	"github.com/flotilla/flotilla/gateway/backend"
@@ -32,6 +35,7 @@ type Router struct {
 	components map[string]*backend.Backend // by backend name, for flotilla.<component>.*
 	upstreams  map[*backend.Backend]*relay.Upstream
 	shapes     map[string]shape
+	node       string
 }
 
 // New returns a router with no routes.
@@ -44,11 +48,21 @@ func New() *Router {
 	}
 }
 
+// SetNode names the node this gateway serves: every relayed call carries
+// it as metadata (node.MetadataKey), so backends acting for the caller's
+// node (contentd unpacking on its snapshotd) know which one. Call it before
+// Route.
+func (r *Router) SetNode(name string) { r.node = name }
+
 // Route sends the calls of every service b owns to b. Routes are set up
 // before the server serves; Route must not be called once calls arrive.
 func (r *Router) Route(b *backend.Backend) {
 	r.components[b.Name()] = b
-	r.upstreams[b] = &relay.Upstream{Name: fmt.Sprintf("%s (%s)", b.Name(), b.Target()), Dial: b.DialContext}
+	u := &relay.Upstream{Name: fmt.Sprintf("%s (%s)", b.Name(), b.Target()), Dial: b.DialContext}
+	if r.node != "" {
+		u.Header = []hpack.HeaderField{{Name: node.MetadataKey, Value: r.node}}
+	}
+	r.upstreams[b] = u
 	for _, id := range b.Services() {
 		r.routes[id] = b
 		maps.Copy(r.shapes, shapesOf(id))

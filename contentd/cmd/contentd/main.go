@@ -11,6 +11,8 @@ import (
 	imagesapi "github.com/containerd/containerd/api/services/images/v1"
 	leasesapi "github.com/containerd/containerd/api/services/leases/v1"
 	namespacesapi "github.com/containerd/containerd/api/services/namespaces/v1"
+	streamingapi "github.com/containerd/containerd/api/services/streaming/v1"
+	transferapi "github.com/containerd/containerd/api/services/transfer/v1"
 
 	contentservice "github.com/flotilla/flotilla/contentd/content/service"
 	contentstore "github.com/flotilla/flotilla/contentd/content/store"
@@ -19,6 +21,9 @@ import (
 	"github.com/flotilla/flotilla/contentd/metadata"
 	"github.com/flotilla/flotilla/contentd/namespaces"
 	"github.com/flotilla/flotilla/contentd/namespaces/remote"
+	"github.com/flotilla/flotilla/contentd/nodes"
+	"github.com/flotilla/flotilla/contentd/streaming"
+	"github.com/flotilla/flotilla/contentd/transfer"
 	"github.com/flotilla/flotilla/services/config"
 	"github.com/flotilla/flotilla/services/daemon"
 	"github.com/flotilla/flotilla/services/introspect"
@@ -35,6 +40,16 @@ type contentdConfig struct {
 	// snapshots in it; empty asks no one.
 	Taskd     string `toml:"taskd"`
 	Snapshotd string `toml:"snapshotd"`
+	// Nodes maps node names (as gateways send them in the flotilla-node
+	// metadata) to their snapshotd addresses, where pulls through that
+	// node's gateway are unpacked; other calls are unpacked on Snapshotd.
+	Nodes map[string]string `toml:"nodes"`
+	// HostsDir is the certs.d directory of registry hosts.toml files.
+	HostsDir string `toml:"hosts_dir"`
+	// StallTimeout fails a registry transfer receiving nothing this long.
+	StallTimeout config.Duration `toml:"stall_timeout"`
+	// MaxConcurrentDownloads bounds the blobs one pull fetches at once.
+	MaxConcurrentDownloads int `toml:"max_concurrent_downloads"`
 }
 
 // leaseSweepInterval is how often expired leases are removed.
@@ -58,9 +73,16 @@ func spec(cfg *contentdConfig) daemon.Spec {
 			fs.StringVar(&cfg.Taskd, "taskd", "",
 				"address of taskd (unix socket or tcp://host:port), asked for containers before a namespace is deleted; empty asks no one")
 			fs.StringVar(&cfg.Snapshotd, "snapshotd", "",
-				"address of snapshotd (unix socket or tcp://host:port), asked for snapshots before a namespace is deleted; empty asks no one")
+				"address of snapshotd (unix socket or tcp://host:port), asked for snapshots before a namespace is deleted and used to unpack pulls of nodes not listed in the config's nodes; empty asks no one")
+			fs.StringVar(&cfg.HostsDir, "hosts-dir", "",
+				"directory of registry host configurations in containerd's certs.d layout (<host>/hosts.toml), used when a client names none")
+			cfg.StallTimeout = config.Duration(30 * time.Second)
+			fs.Var(&cfg.StallTimeout, "stall-timeout",
+				"fail a registry transfer that receives nothing for this long, however long the whole pull takes")
+			fs.IntVar(&cfg.MaxConcurrentDownloads, "max-concurrent-downloads", 4,
+				"blobs one pull fetches at once")
 		},
-		Plugins: introspect.Services("content", "images", "leases", "namespaces"),
+		Plugins: introspect.Services("content", "images", "leases", "namespaces", "transfer", "streaming"),
 		Setup:   func(ctx context.Context, srv *server.Server) error { return setup(ctx, srv, cfg) },
 	}
 }
@@ -90,8 +112,8 @@ func setup(_ context.Context, srv *server.Server, cfg *contentdConfig) error {
 	log := srv.Logger()
 	namespacesapi.RegisterNamespacesServer(grpcSrv,
 		namespaces.NewService(namespaces.NewStore(db), occupants, publisher, log))
-	imagesapi.RegisterImagesServer(grpcSrv,
-		images.NewService(images.NewStore(db), publisher, log))
+	imageService := images.NewService(images.NewStore(db), publisher, log)
+	imagesapi.RegisterImagesServer(grpcSrv, imageService)
 	leaseStore := leases.NewStore(db)
 	leasesapi.RegisterLeasesServer(grpcSrv, leases.NewService(leaseStore))
 
@@ -100,6 +122,20 @@ func setup(_ context.Context, srv *server.Server, cfg *contentdConfig) error {
 		return err
 	}
 	contentservice.New(contentStore, publisher).Register(grpcSrv)
+
+	streams := streaming.NewManager()
+	streamingapi.RegisterStreamingServer(grpcSrv, streaming.NewService(streams))
+	var unpackNodes transfer.Nodes
+	if cfg.Snapshotd != "" || len(cfg.Nodes) > 0 {
+		n := nodes.NewStatic(cfg.Nodes, cfg.Snapshotd)
+		srv.OnStop(func() { n.Close() })
+		unpackNodes = n
+	}
+	transferapi.RegisterTransferServer(grpcSrv, transfer.New(transfer.Config{
+		HostsDir:               cfg.HostsDir,
+		StallTimeout:           time.Duration(cfg.StallTimeout),
+		MaxConcurrentDownloads: cfg.MaxConcurrentDownloads,
+	}, contentStore, imageService, streams, unpackNodes, log))
 
 	stop := make(chan struct{})
 	done := make(chan struct{})

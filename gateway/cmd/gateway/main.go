@@ -8,6 +8,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"os"
 	"path/filepath"
 	"strings"
 
@@ -30,6 +31,9 @@ type gatewayConfig struct {
 	Snapshotd string `toml:"snapshotd"`
 	Taskd     string `toml:"taskd"`
 	Eventd    string `toml:"eventd"`
+	// Node names the node this gateway serves; every relayed call carries
+	// it, so contentd unpacks a pull on this node's snapshotd.
+	Node string `toml:"node"`
 }
 
 func main() {
@@ -53,6 +57,9 @@ func spec() daemon.Spec {
 		Config:         &cfg,
 		Common:         &cfg.Common,
 		Flags: func(fs *flag.FlagSet) {
+			host, _ := os.Hostname()
+			fs.StringVar(&cfg.Node, "node", host,
+				"name of the node this gateway serves, sent with every call it relays (flotilla-node metadata) so contentd unpacks pulls on this node")
 			for _, o := range backend.Owners {
 				fs.StringVar(addresses[o.Name], o.Name, filepath.Join(config.DefaultState(), o.Name+".sock"),
 					fmt.Sprintf("address of %s, which serves containerd's %s services: a unix socket path, unix:///path or tcp://host:port", o.Name, strings.Join(o.Services, ", ")))
@@ -60,6 +67,7 @@ func spec() daemon.Spec {
 		},
 		ServerOptions: []server.Option{server.WithFrontDoor(r.FrontDoor)},
 		Setup: func(ctx context.Context, srv *server.Server) error {
+			r.SetNode(cfg.Node)
 			var backends []*backend.Backend
 			for _, o := range backend.Owners {
 				b, err := backend.Dial(o.Name, *addresses[o.Name], o.Services)

@@ -1,0 +1,92 @@
+package integration
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/flotilla/flotilla/integration/imagekit"
+)
+
+// ctr2Path is containerd 2.x's ctr: $CONTAINERD2_BIN/ctr, by default
+// /opt/containerd-2.4.2/bin/ctr (scripts/install-deps.sh builds it).
+func ctr2Path(t testing.TB) string {
+	t.Helper()
+	dir := os.Getenv("CONTAINERD2_BIN")
+	if dir == "" {
+		dir = "/opt/containerd-2.4.2/bin"
+	}
+	path := filepath.Join(dir, "ctr")
+	if _, err := os.Stat(path); err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("containerd 2.x ctr is required in CI: %v", err)
+		}
+		t.Skipf("containerd 2.x ctr not installed: %v", err)
+	}
+	return path
+}
+
+// Ctr2 runs containerd 2.x's ctr against the gateway in namespace ns and
+// returns its combined output.
+func (s *Stack) Ctr2(ns string, args ...string) (string, error) {
+	s.t.Helper()
+	path := ctr2Path(s.t)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	all := append([]string{"--address", s.Socket, "--namespace", ns}, args...)
+	out, err := exec.CommandContext(ctx, path, all...).CombinedOutput()
+	return string(out), err
+}
+
+// MustCtr2 is Ctr2 that fails the test on error.
+func (s *Stack) MustCtr2(ns string, args ...string) string {
+	s.t.Helper()
+	out, err := s.Ctr2(ns, args...)
+	if err != nil {
+		s.t.Fatalf("ctr 2.x %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return out
+}
+
+func TestTransferPullOfEveryImageUnpacksAndRuns(t *testing.T) {
+	requireRootForMounts(t)
+	ctr2Path(t)
+	reg := imagekit.StartRegistry(t)
+	s := startStack(t)
+	stopPluginsOnCleanup(t, s)
+	images := unpackImages()
+	for _, ti := range images {
+		p := pushImage(t, reg, ti.name, ti.build)
+		t.Run(ti.name+" pulls through Transfer, unpacked as a committed chain", func(t *testing.T) {
+			ns := "transfer-pull"
+			out := s.MustCtr2(ns, "images", "pull", "--plain-http", p.ref)
+			if !strings.Contains(out, "saved") && !strings.Contains(out, "done") {
+				t.Logf("ctr pull output:\n%s", out)
+			}
+			line := checkLine(s.MustCtr2(ns, "images", "check"), p.ref)
+			f := strings.Fields(line)
+			if len(f) < 6 || f[3] != "complete" {
+				t.Errorf("images check: %q, want complete", line)
+			}
+			chain := chainIDs(p.img)
+			parent := ""
+			for i, id := range chain {
+				info := infoOf(t, s, ns, "overlayfs", id.String())
+				if info.Kind != "Committed" || info.Parent != parent {
+					t.Errorf("layer %d snapshot %s: kind %s parent %q, want Committed with parent %q", i, id, info.Kind, info.Parent, parent)
+				}
+				parent = id.String()
+			}
+			if ti.name == "busybox" || ti.name == "multiarch" {
+				id := "transfer-run-" + ti.name
+				if out := s.MustCtr2(ns, "run", "--rm", p.ref, id, "echo", "hi"); strings.TrimSpace(out) != "hi" {
+					t.Errorf("ctr run printed %q, want hi", out)
+				}
+			}
+		})
+	}
+}
