@@ -56,3 +56,11 @@ if ! [ -x "$CONTAINERD2_BIN/ctr" ] || ! [ -x "$CONTAINERD2_BIN/containerd" ] || 
 		"github.com/containerd/containerd/v2/cmd/containerd@$CONTAINERD2_VERSION" \
 		"github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2@$CONTAINERD2_VERSION")
 fi
+
+# h2spec, the HTTP/2 conformance suite the gateway's relay is tested with
+# (gateway/relay TestH2spec). Its module has no go.mod, hence +incompatible.
+H2SPEC_VERSION=v2.2.1+incompatible
+if ! command -v h2spec >/dev/null; then
+	echo "installing h2spec $H2SPEC_VERSION into /usr/local/bin"
+	(cd / && GOBIN=/usr/local/bin GOFLAGS=-mod=mod go install "github.com/summerwind/h2spec/cmd/h2spec@$H2SPEC_VERSION")
+fi

@@ -28,6 +28,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"runtime/debug"
 	"strconv"
 	"sync"
 	"time"
@@ -237,6 +238,9 @@ type session struct {
 	closed  bool
 	going   bool // GOAWAY sent: calls in flight finish, the session ends after
 	full    bool // some peer's output has reached ioBuffer: write it now
+
+	closedIDs  [recentClosed]uint32 // the last client streams to end
+	closedNext int
 }
 
 func newSession(srv *Server, nc net.Conn) *session {
@@ -255,6 +259,7 @@ func newSession(srv *Server, nc net.Conn) *session {
 // frames until the connection ends.
 func (ss *session) serve() {
 	defer ss.srv.ended(ss)
+	defer ss.recoverPanic("client")
 	c := ss.client
 	ss.mu.Lock()
 	c.fr.WriteSettings(
@@ -273,28 +278,29 @@ func (ss *session) serve() {
 	}
 	fr := readFramer(br)
 	for {
-		f, err := fr.ReadFrame()
-		if err != nil {
-			var se http2.StreamError
-			if errors.As(err, &se) {
-				ss.mu.Lock()
-				ss.resetFromClient(se.StreamID, se.Code)
-				ss.mu.Unlock()
-				continue
+		f, rerr := fr.ReadFrame()
+		var done, full bool
+		err := ss.locked(func() error {
+			var err error
+			if rerr != nil {
+				err = ss.clientReadError(rerr)
+			} else {
+				err = ss.fromClient(f)
 			}
-			ss.close(err)
-			return
-		}
-		ss.mu.Lock()
-		err = ss.fromClient(f)
-		done := ss.going && len(ss.streams) == 0
-		full := ss.full
-		ss.full = false
-		ss.mu.Unlock()
+			var ce connError
+			if errors.As(err, &ce) {
+				c.fr.WriteGoAway(ss.lastID, ce.code, []byte(ce.reason))
+			}
+			done = ss.going && len(ss.streams) == 0
+			full = ss.full
+			ss.full = false
+			return err
+		})
 		if full || done || err != nil || wouldBlock(br) {
 			ss.flushAll()
 		}
-		if err != nil {
+		var ce connError
+		if errors.As(err, &ce) {
 			// Give the client a moment to read the GOAWAY: closing with
 			// its data unread would reset the connection before it does.
 			c.nc.SetReadDeadline(time.Now().Add(goAwayLinger))
@@ -305,6 +311,55 @@ func (ss *session) serve() {
 			return
 		}
 	}
+}
+
+// locked runs fn with ss.mu held, and releases it even if fn panics.
+func (ss *session) locked(fn func() error) error {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	return fn()
+}
+
+// recoverPanic ends the session, and only the session, when one of its
+// goroutines panics: one client must not take the gateway down.
+func (ss *session) recoverPanic(side string) {
+	r := recover()
+	if r == nil {
+		return
+	}
+	ss.srv.log.Error("relay session panicked: ending it", "side", side, "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
+	ss.close(fmt.Errorf("panic: %v", r))
+}
+
+// connError is a connection error (RFC 9113 §5.4.1): the relay tells the
+// peer why with GOAWAY and ends the connection.
+type connError struct {
+	code   http2.ErrCode
+	reason string
+}
+
+func (e connError) Error() string { return fmt.Sprintf("connection error %v: %s", e.code, e.reason) }
+
+// clientReadError handles an error reading the client's frames: a stream
+// error resets that stream; anything else ends the connection, with GOAWAY
+// if it is the client's fault. ss.mu is held.
+func (ss *session) clientReadError(err error) error {
+	var se http2.StreamError
+	var ce http2.ConnectionError
+	switch {
+	case errors.As(err, &se):
+		if se.StreamID%2 == 1 && se.StreamID > ss.lastID {
+			// A bad request opens its stream all the same.
+			ss.lastID = se.StreamID
+		}
+		ss.resetClientStream(se.StreamID, se.Code)
+		return nil
+	case errors.As(err, &ce):
+		return connError{http2.ErrCode(ce), err.Error()}
+	case errors.Is(err, http2.ErrFrameTooLarge):
+		return connError{http2.ErrCodeFrameSize, "frame larger than SETTINGS_MAX_FRAME_SIZE"}
+	}
+	return err
 }
 
 // goAway tells the client to start no new calls, and ends the session once
@@ -353,39 +408,69 @@ func (ss *session) close(err error) {
 	ss.client.nc.Close()
 }
 
-// fromClient handles one frame from the client. An error ends the
-// connection, the client told why with GOAWAY. ss.mu is held.
+// fromClient handles one frame from the client, holding it to the stream
+// states and rules of RFC 9113 as a server must. An error ends the
+// connection (a connError: the client is told why with GOAWAY). ss.mu is
+// held.
 func (ss *session) fromClient(f http2.Frame) error {
 	c := ss.client
-	if ss.connectionFrame(c, f) {
-		return nil
+	id := f.Header().StreamID
+	switch f.(type) {
+	case *http2.DataFrame, *http2.RSTStreamFrame, *http2.WindowUpdateFrame:
+		if id != 0 && ss.idle(id) {
+			return connError{http2.ErrCodeProtocol, fmt.Sprintf("%v frame on idle stream %d", f.Header().Type, id)}
+		}
+	}
+	if handled, err := ss.connectionFrame(c, f); handled || err != nil {
+		return err
 	}
 	switch f := f.(type) {
 	case *http2.MetaHeadersFrame:
-		if st := ss.streams[f.StreamID]; st != nil {
-			// Trailers from the client: gRPC sends none, but pass them on.
-			ss.sendHeaders(st, &st.toUp, f.Fields, f.StreamEnded())
+		if f.HasPriority() && f.Priority.StreamDep == id {
+			ss.resetClientStream(id, http2.ErrCodeProtocol)
 			return nil
 		}
-		if f.StreamID <= ss.lastID || f.StreamID%2 == 0 {
-			return nil // a stream that is over, or not the client's to open
+		if st := ss.streams[id]; st != nil {
+			// Trailers: gRPC clients send none, but pass them on.
+			switch {
+			case st.clientEnded:
+				ss.resetClientStream(id, http2.ErrCodeStreamClosed)
+			case !f.StreamEnded() || len(f.PseudoFields()) > 0:
+				ss.resetClientStream(id, http2.ErrCodeProtocol)
+			default:
+				ss.sendHeaders(st, &st.toUp, f.Fields, true)
+			}
+			return nil
 		}
-		ss.lastID = f.StreamID
+		if id%2 == 0 {
+			return connError{http2.ErrCodeProtocol, fmt.Sprintf("client opened even stream %d", id)}
+		}
+		if id <= ss.lastID {
+			if ss.recentlyClosed(id) {
+				return connError{http2.ErrCodeStreamClosed, fmt.Sprintf("HEADERS on closed stream %d", id)}
+			}
+			return connError{http2.ErrCodeProtocol, fmt.Sprintf("stream %d opened after stream %d", id, ss.lastID)}
+		}
+		ss.lastID = id
 		if len(ss.streams) >= maxStreams {
-			c.fr.WriteRSTStream(f.StreamID, http2.ErrCodeRefusedStream)
+			c.fr.WriteRSTStream(id, http2.ErrCodeRefusedStream)
+			return nil
+		}
+		if err := checkRequest(f.Fields); err != nil {
+			ss.resetClientStream(id, http2.ErrCodeProtocol)
 			return nil
 		}
 		ss.open(f)
 	case *http2.DataFrame:
 		if !c.received(int(f.Length)) {
-			c.fr.WriteGoAway(ss.lastID, http2.ErrCodeFlowControl, nil)
-			return errors.New("client sent past its connection window")
+			return connError{http2.ErrCodeFlowControl, "client sent past its connection window"}
 		}
-		st := ss.streams[f.StreamID]
-		if st == nil || st.toUp.ended {
-			// A call that is over (answered, reset): its data goes nowhere,
-			// but the client gets its window back.
+		st := ss.streams[id]
+		if st == nil || st.clientEnded {
+			// Closed, or half-closed (remote): the client may send no more.
+			// Its window comes back all the same.
 			ss.credit(c, nil, int(f.Length))
+			ss.resetClientStream(id, http2.ErrCodeStreamClosed)
 			return nil
 		}
 		if st.toUp.recvWin -= int64(f.Length); st.toUp.recvWin < 0 {
@@ -393,31 +478,123 @@ func (ss *session) fromClient(f http2.Frame) error {
 			ss.fail(st, codes.Internal, "the client sent past its stream window")
 			return nil
 		}
+		if st.contentLength >= 0 {
+			st.bodyLen += int64(len(f.Data()))
+			if st.bodyLen > st.contentLength || (f.StreamEnded() && st.bodyLen != st.contentLength) {
+				ss.credit(c, nil, int(f.Length))
+				ss.resetClientStream(id, http2.ErrCodeProtocol)
+				return nil
+			}
+		}
+		if st.toUp.ended {
+			// The relay stopped forwarding the call (it failed it).
+			ss.credit(c, nil, int(f.Length))
+			return nil
+		}
 		ss.forwardData(st, &st.toUp, f.Data(), f.StreamEnded(), int(f.Length))
 	case *http2.RSTStreamFrame:
-		ss.resetFromClient(f.StreamID, f.ErrCode)
-	case *http2.GoAwayFrame, *http2.PriorityFrame:
-		// The client will close; priorities do not matter to a relay.
+		if st := ss.streams[id]; st != nil {
+			if st.up != nil && !st.up.dead {
+				st.up.fr.WriteRSTStream(id, f.ErrCode)
+			}
+			ss.finish(st, codes.Canceled)
+		}
+	case *http2.PriorityFrame:
+		if f.StreamDep == id {
+			ss.resetClientStream(id, http2.ErrCodeProtocol)
+		}
+	case *http2.PushPromiseFrame:
+		return connError{http2.ErrCodeProtocol, "client sent PUSH_PROMISE"}
+	case *http2.GoAwayFrame:
+		// The client will close.
 	}
 	return nil
 }
 
-// resetFromClient ends stream id at the client's request. ss.mu is held.
-func (ss *session) resetFromClient(id uint32, code http2.ErrCode) {
+// idle reports whether the client has not opened stream id yet (RFC 9113
+// §5.1: frames other than HEADERS and PRIORITY are an error on it).
+// Even streams are the server's to open, and the relay opens none.
+func (ss *session) idle(id uint32) bool {
+	return id > ss.lastID || id%2 == 0
+}
+
+// recentClosed is how many of the last streams to end a session
+// remembers, to tell a client writing on a closed stream (STREAM_CLOSED)
+// from one going back to an unused ID (PROTOCOL_ERROR) without keeping
+// every ID.
+const recentClosed = 64
+
+func (ss *session) recentlyClosed(id uint32) bool {
+	for _, c := range ss.closedIDs {
+		if c == id {
+			return true
+		}
+	}
+	return false
+}
+
+// resetClientStream ends stream id with a stream error: the client is
+// sent RST_STREAM with code, the call (if any) is cancelled upstream.
+// ss.mu is held.
+func (ss *session) resetClientStream(id uint32, code http2.ErrCode) {
+	ss.client.fr.WriteRSTStream(id, code)
 	st := ss.streams[id]
 	if st == nil {
 		return
 	}
-	if st.up != nil && !st.up.dead {
-		st.up.fr.WriteRSTStream(id, code)
+	st.clientEnded = true // the RST ends the client's side too
+	ss.dropPending(st, &st.toClient)
+	ss.dropPending(st, &st.toUp)
+	if st.up != nil && !st.up.dead && !st.toUp.ended {
+		st.up.fr.WriteRSTStream(id, http2.ErrCodeCancel)
 	}
-	ss.finish(st, codes.Canceled)
+	ss.finish(st, codes.Internal)
+}
+
+// checkRequest holds a request's header block to RFC 9113 §8.3.1 and
+// §8.2.2 (the framer has checked names, duplicates and order): request
+// pseudo-headers only, :method, :scheme and a non-empty :path present
+// (CONNECT aside), no connection-specific field, TE only "trailers".
+func checkRequest(fields []hpack.HeaderField) error {
+	var method, scheme, path bool
+	connect := false
+	for _, f := range fields {
+		switch f.Name {
+		case ":method":
+			method, connect = true, f.Value == "CONNECT"
+		case ":scheme":
+			scheme = true
+		case ":path":
+			path = f.Value != ""
+		case ":authority":
+		case "te":
+			if f.Value != "trailers" {
+				return errors.New(`TE other than "trailers"`)
+			}
+		default:
+			if len(f.Name) > 0 && f.Name[0] == ':' {
+				return fmt.Errorf("pseudo-header %s in a request", f.Name)
+			}
+			if hopByHop[f.Name] {
+				return fmt.Errorf("connection-specific header %s", f.Name)
+			}
+		}
+	}
+	if !method || (!connect && (!scheme || !path)) {
+		return errors.New("request without :method, :scheme or :path")
+	}
+	return nil
 }
 
 // open starts the call the client's HEADERS frame f begins. ss.mu is held.
 func (ss *session) open(f *http2.MetaHeadersFrame) {
 	method := f.PseudoValue("path")
-	st := &stream{id: f.StreamID, method: method, code: codes.OK}
+	st := &stream{id: f.StreamID, method: method, code: codes.OK, contentLength: -1}
+	if v := headerValue(f.Fields, "content-length"); v != "" {
+		if n, err := strconv.ParseInt(v, 10, 64); err == nil && n >= 0 {
+			st.contentLength = n
+		}
+	}
 	st.toClient = half{id: st.id, dst: ss.client, window: ss.client.initWin, recvWin: streamWindow}
 	if ss.srv.observe != nil {
 		st.observed = ss.srv.observe.Begin(method)
@@ -465,6 +642,7 @@ func (ss *session) upstream(u *Upstream) *peer {
 // writes what its calls have sent so far and reads its frames until the
 // connection ends.
 func (ss *session) connect(p *peer) {
+	defer ss.recoverPanic(p.name)
 	ctx, cancel := context.WithTimeout(context.Background(), ss.srv.readyWait)
 	defer cancel()
 	var nc net.Conn
@@ -509,6 +687,7 @@ func (ss *session) isClosed() bool {
 
 // readUpstream reads p's frames until its connection ends.
 func (ss *session) readUpstream(p *peer) {
+	defer ss.recoverPanic(p.name)
 	br := bufio.NewReaderSize(p.nc, ioBuffer)
 	fr := readFramer(br)
 	for {
@@ -517,8 +696,8 @@ func (ss *session) readUpstream(p *peer) {
 			var se http2.StreamError
 			if errors.As(err, &se) {
 				ss.mu.Lock()
+				p.fr.WriteRSTStream(se.StreamID, se.Code)
 				if st := p.streams[se.StreamID]; st != nil {
-					p.fr.WriteRSTStream(se.StreamID, se.Code)
 					ss.fail(st, codes.Internal, fmt.Sprintf("%s sent a malformed answer: %v", p.name, se))
 				}
 				ss.mu.Unlock()
@@ -530,12 +709,20 @@ func (ss *session) readUpstream(p *peer) {
 			ss.flushAll()
 			return
 		}
-		ss.mu.Lock()
-		ss.fromUpstream(p, f)
-		done := ss.going && len(ss.streams) == 0
-		full := ss.full
-		ss.full = false
-		ss.mu.Unlock()
+		var done, full bool
+		ss.locked(func() error {
+			if err := ss.fromUpstream(p, f); err != nil {
+				var ce connError
+				if errors.As(err, &ce) {
+					p.fr.WriteGoAway(0, ce.code, []byte(ce.reason))
+				}
+				ss.lost(p, fmt.Sprintf("%s broke HTTP/2: %v", p.name, err))
+			}
+			done = ss.going && len(ss.streams) == 0
+			full = ss.full
+			ss.full = false
+			return nil
+		})
 		if full || done || wouldBlock(br) {
 			ss.flushAll()
 		}
@@ -546,16 +733,17 @@ func (ss *session) readUpstream(p *peer) {
 	}
 }
 
-// fromUpstream handles one frame from upstream connection p. ss.mu is held.
-func (ss *session) fromUpstream(p *peer, f http2.Frame) {
-	if ss.connectionFrame(p, f) {
-		return
+// fromUpstream handles one frame from upstream connection p. An error
+// ends that connection. ss.mu is held.
+func (ss *session) fromUpstream(p *peer, f http2.Frame) error {
+	if handled, err := ss.connectionFrame(p, f); handled || err != nil {
+		return err
 	}
 	switch f := f.(type) {
 	case *http2.MetaHeadersFrame:
 		st := p.streams[f.StreamID]
 		if st == nil {
-			return
+			return nil
 		}
 		if f.StreamEnded() || st.answered {
 			if c, ok := grpcStatus(f.Fields); ok {
@@ -566,25 +754,23 @@ func (ss *session) fromUpstream(p *peer, f http2.Frame) {
 		ss.sendHeaders(st, &st.toClient, forwardable(f.Fields), f.StreamEnded())
 	case *http2.DataFrame:
 		if !p.received(int(f.Length)) {
-			p.fr.WriteGoAway(0, http2.ErrCodeFlowControl, nil)
-			ss.lost(p, p.name+" sent past its connection window")
-			return
+			return connError{http2.ErrCodeFlowControl, "sent past its connection window"}
 		}
 		st := p.streams[f.StreamID]
 		if st == nil || st.toClient.ended {
 			ss.credit(p, nil, int(f.Length))
-			return
+			return nil
 		}
 		if st.toClient.recvWin -= int64(f.Length); st.toClient.recvWin < 0 {
 			ss.credit(p, nil, int(f.Length))
 			ss.fail(st, codes.Internal, p.name+" sent past its stream window")
-			return
+			return nil
 		}
 		ss.forwardData(st, &st.toClient, f.Data(), f.StreamEnded(), int(f.Length))
 	case *http2.RSTStreamFrame:
 		st := p.streams[f.StreamID]
 		if st == nil {
-			return
+			return nil
 		}
 		code := st.code
 		if !st.toClient.ended {
@@ -603,17 +789,22 @@ func (ss *session) fromUpstream(p *peer, f http2.Frame) {
 				ss.fail(st, codes.Unavailable, fmt.Sprintf("%s is unavailable: it is shutting down", p.name))
 			}
 		}
+	case *http2.PushPromiseFrame:
+		return connError{http2.ErrCodeProtocol, "PUSH_PROMISE, though the relay disabled push"}
 	}
+	return nil
 }
 
 // connectionFrame handles the frames that mean the same from the client
 // and from an upstream: SETTINGS, PING and WINDOW_UPDATE. It reports
-// whether f was one of them. ss.mu is held.
-func (ss *session) connectionFrame(p *peer, f http2.Frame) bool {
+// whether f was one of them; an error is a connection error. ss.mu is held.
+func (ss *session) connectionFrame(p *peer, f http2.Frame) (bool, error) {
 	switch f := f.(type) {
 	case *http2.SettingsFrame:
 		if !f.IsAck() {
-			ss.applySettings(p, f)
+			if err := ss.applySettings(p, f); err != nil {
+				return true, err
+			}
 			p.fr.WriteSettingsAck()
 		}
 	case *http2.PingFrame:
@@ -622,17 +813,39 @@ func (ss *session) connectionFrame(p *peer, f http2.Frame) bool {
 		}
 	case *http2.WindowUpdateFrame:
 		if f.StreamID == 0 {
+			if p.sendConn+int64(f.Increment) > maxWindow {
+				return true, connError{http2.ErrCodeFlowControl, "WINDOW_UPDATE past 2^31-1"}
+			}
 			p.sendConn += int64(f.Increment)
 			ss.drainTo(p)
 		} else if st := ss.streamsTo(p)[f.StreamID]; st != nil {
 			h := st.halfTo(p)
+			if h.window+int64(f.Increment) > maxWindow {
+				ss.streamError(p, st, http2.ErrCodeFlowControl)
+				return true, nil
+			}
 			h.window += int64(f.Increment)
 			ss.drain(st, h)
 		}
 	default:
-		return false
+		return false, nil
 	}
-	return true
+	return true, nil
+}
+
+// maxWindow is the largest flow-control window HTTP/2 allows.
+const maxWindow = 1<<31 - 1
+
+// streamError resets st for an error of peer p's on it: RST_STREAM with
+// code to p, and the call ends on the other side too. ss.mu is held.
+func (ss *session) streamError(p *peer, st *stream, code http2.ErrCode) {
+	if p == ss.client {
+		ss.resetClientStream(st.id, code)
+		return
+	}
+	p.fr.WriteRSTStream(st.id, code)
+	st.toUp.ended = true // nothing more goes to p on it
+	ss.fail(st, codes.Internal, fmt.Sprintf("%s broke HTTP/2 on the call: %v", p.name, code))
 }
 
 // lost ends upstream connection p and fails the calls on it with
@@ -654,15 +867,30 @@ func (ss *session) lost(p *peer, msg string) {
 	}
 }
 
-// applySettings takes in the SETTINGS peer p sent. ss.mu is held.
-func (ss *session) applySettings(p *peer, f *http2.SettingsFrame) {
-	f.ForeachSetting(func(s http2.Setting) error {
+// applySettings takes in the SETTINGS peer p sent, each checked first as
+// RFC 9113 §6.5.2 requires (an invalid one is a connection error). ss.mu
+// is held.
+func (ss *session) applySettings(p *peer, f *http2.SettingsFrame) error {
+	if err := f.ForeachSetting(func(s http2.Setting) error {
+		if err := s.Valid(); err != nil {
+			var ce http2.ConnectionError
+			errors.As(err, &ce)
+			return connError{http2.ErrCode(ce), fmt.Sprintf("invalid setting %v", s)}
+		}
+		return nil
+	}); err != nil {
+		return err
+	}
+	err := f.ForeachSetting(func(s http2.Setting) error {
 		switch s.ID {
 		case http2.SettingInitialWindowSize:
 			delta := int64(s.Val) - p.initWin
 			p.initWin = int64(s.Val)
 			for _, st := range ss.streamsTo(p) {
 				h := st.halfTo(p)
+				if h.window+delta > maxWindow {
+					return connError{http2.ErrCodeFlowControl, "SETTINGS_INITIAL_WINDOW_SIZE takes a stream window past 2^31-1"}
+				}
 				h.window += delta
 			}
 		case http2.SettingMaxFrameSize:
@@ -672,7 +900,11 @@ func (ss *session) applySettings(p *peer, f *http2.SettingsFrame) {
 		}
 		return nil
 	})
+	if err != nil {
+		return err
+	}
 	ss.drainTo(p)
+	return nil
 }
 
 // streamsTo returns the streams whose frames go to p.
@@ -726,6 +958,8 @@ func (ss *session) finish(st *stream, code codes.Code) {
 	ss.dropPending(st, &st.toClient)
 	ss.dropPending(st, &st.toUp)
 	delete(ss.streams, st.id)
+	ss.closedIDs[ss.closedNext] = st.id
+	ss.closedNext = (ss.closedNext + 1) % recentClosed
 	if st.up != nil {
 		delete(st.up.streams, st.id)
 	}

@@ -27,7 +27,10 @@ type stream struct {
 	answered    bool
 	code        codes.Code // from the upstream's trailers
 	done        bool
-	observed    func(codes.Code)
+	// contentLength is the request's content-length, -1 if none; bodyLen
+	// counts the DATA received against it.
+	contentLength, bodyLen int64
+	observed               func(codes.Code)
 }
 
 // end reports the call's outcome, once.
@@ -118,8 +121,10 @@ func (ss *session) writeData(st *stream, h *half, data []byte, end bool) int {
 	dst := h.dst
 	written := 0
 	for {
-		n := min(int64(len(data)-written), h.window, dst.sendConn, int64(dst.maxFrame))
-		if n <= 0 && len(data)-written > 0 {
+		// A window may be negative (a peer lowered its initial window);
+		// an empty frame, such as a bare END_STREAM, needs none.
+		n := max(0, min(int64(len(data)-written), h.window, dst.sendConn, int64(dst.maxFrame)))
+		if n == 0 && len(data)-written > 0 {
 			return written
 		}
 		last := written+int(n) == len(data)
@@ -338,6 +343,16 @@ func (p *peer) writeHeaders(id uint32, fields []hpack.HeaderField, end bool) {
 	}
 }
 
+// headerValue is the value of the field named name, or "".
+func headerValue(fields []hpack.HeaderField, name string) string {
+	for _, f := range fields {
+		if f.Name == name {
+			return f.Value
+		}
+	}
+	return ""
+}
+
 // flush writes the peer's pending output to its connection.
 func (p *peer) flush() {
 	p.wmu.Lock()
@@ -355,14 +370,15 @@ func (p *peer) flush() {
 
 	_, err := p.nc.Write(buf)
 
-	ss.mu.Lock()
-	if cap(buf) <= 4*ioBuffer {
-		p.spare = buf[:0]
-	}
-	if err != nil && p != ss.client {
-		ss.lost(p, p.name+" is unavailable: "+err.Error())
-	}
-	ss.mu.Unlock()
+	ss.locked(func() error {
+		if cap(buf) <= 4*ioBuffer {
+			p.spare = buf[:0]
+		}
+		if err != nil && p != ss.client {
+			ss.lost(p, p.name+" is unavailable: "+err.Error())
+		}
+		return nil
+	})
 	if err != nil && p == ss.client {
 		ss.close(err)
 	}
@@ -373,5 +389,7 @@ func readFramer(r io.Reader) *http2.Framer {
 	fr := http2.NewFramer(io.Discard, r)
 	fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
 	fr.MaxHeaderListSize = 16 << 20
+	// The relay never raises SETTINGS_MAX_FRAME_SIZE: larger frames are an error.
+	fr.SetMaxReadFrameSize(defaultMaxFrame)
 	return fr
 }
