@@ -90,3 +90,65 @@ func TestTransferPullOfEveryImageUnpacksAndRuns(t *testing.T) {
 		})
 	}
 }
+
+// imageDigest is the target digest ctr images ls shows for ref in ns.
+func imageDigest(t *testing.T, s *Stack, ns, ref string) string {
+	t.Helper()
+	for _, line := range strings.Split(s.MustCtr2(ns, "images", "ls"), "\n") {
+		if f := strings.Fields(line); len(f) >= 3 && f[0] == ref {
+			return f[2]
+		}
+	}
+	t.Fatalf("ctr images ls in %s does not list %s", ns, ref)
+	return ""
+}
+
+func TestTransferTagPushExportImportWorkAsOnContainerd(t *testing.T) {
+	requireRootForMounts(t)
+	ctr2Path(t)
+	reg := imagekit.StartRegistry(t)
+	s := startStack(t)
+	stopPluginsOnCleanup(t, s)
+	p := pushImage(t, reg, "busybox", func() (*imagekit.Image, error) { return imagekit.BuildBusybox() })
+	ns := "transfer-src"
+	s.MustCtr2(ns, "images", "pull", "--plain-http", p.ref)
+	want := imageDigest(t, s, ns, p.ref)
+
+	t.Run("tag names the same target", func(t *testing.T) {
+		tagged := reg + "/busybox:tagged"
+		s.MustCtr2(ns, "images", "tag", p.ref, tagged)
+		if got := imageDigest(t, s, ns, tagged); got != want {
+			t.Errorf("tagged image points at %s, want %s", got, want)
+		}
+	})
+
+	t.Run("push then pull elsewhere gives the same digest and runs", func(t *testing.T) {
+		pushedRef := reg + "/pushed/busybox:2"
+		s.MustCtr2(ns, "images", "push", "--plain-http", pushedRef, p.ref)
+		other := "transfer-pushed"
+		s.MustCtr2(other, "images", "pull", "--plain-http", pushedRef)
+		if got := imageDigest(t, s, other, pushedRef); got != want {
+			t.Errorf("pulled back %s, want %s", got, want)
+		}
+		if out := s.MustCtr2(other, "run", "--rm", pushedRef, "transfer-pushed-run", "echo", "hi"); strings.TrimSpace(out) != "hi" {
+			t.Errorf("ctr run printed %q, want hi", out)
+		}
+	})
+
+	t.Run("export then import in another namespace runs the same image", func(t *testing.T) {
+		archive := filepath.Join(t.TempDir(), "busybox.tar")
+		s.MustCtr2(ns, "images", "export", archive, p.ref)
+		other := "transfer-imported"
+		s.MustCtr2(other, "images", "import", archive)
+		if got := imageDigest(t, s, other, p.ref); got != want {
+			t.Errorf("imported image points at %s, want %s", got, want)
+		}
+		if out := s.MustCtr2(other, "run", "--rm", p.ref, "transfer-import-run", "echo", "hi"); strings.TrimSpace(out) != "hi" {
+			t.Errorf("ctr run printed %q, want hi", out)
+		}
+		// Debian's containerd 1.6 reads the archive too.
+		if _, err := exec.LookPath("ctr"); err == nil {
+			s.MustCtr("transfer-imported-16", "images", "import", archive)
+		}
+	})
+}

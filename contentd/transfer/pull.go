@@ -143,6 +143,9 @@ type puller struct {
 	repoPath    string
 	layers      *errgroup.Group
 	cancel      context.CancelCauseFunc
+	// local walks blobs already in the store (an import) instead of
+	// fetching them.
+	local bool
 
 	mu        sync.Mutex
 	written   []digest.Digest // blobs this pull added, removed if it fails
@@ -150,7 +153,12 @@ type puller struct {
 }
 
 func (p *puller) pull(ctx context.Context, root ocispec.Descriptor) error {
-	walkErr := p.walk(ctx, root, nil)
+	return p.run(ctx, func(ctx context.Context) error { return p.walk(ctx, root, nil) })
+}
+
+// run runs walk, then waits for the layers it started and the unpacks.
+func (p *puller) run(ctx context.Context, walk func(context.Context) error) error {
+	walkErr := walk(ctx)
 	layersErr := p.layers.Wait()
 	if walkErr != nil {
 		p.cancel(walkErr)
@@ -305,6 +313,12 @@ func (p *puller) manifest(ctx context.Context, desc ocispec.Descriptor, targets 
 func (p *puller) fetchBlob(ctx context.Context, desc ocispec.Descriptor) error {
 	if err := context.Cause(ctx); err != nil {
 		return err
+	}
+	if p.local {
+		if _, err := p.s.content.Info(ctx, desc.Digest); err != nil {
+			return fmt.Errorf("archive lacks %s: %w", desc.Digest, err)
+		}
+		return nil
 	}
 	how, err := p.s.fetch.fetch(ctx, p.repo, desc, map[string]string{p.distSource: p.repoPath}, func(n int64) {
 		p.rep.blob(eventDownloading, desc, n)
