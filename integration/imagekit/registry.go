@@ -33,13 +33,14 @@ type Registry struct {
 }
 
 // registryConfig is docker-registry's config: filesystem storage under dir, deletes allowed,
-// no auth, no health checks, plain HTTP on addr.
+// no auth, no health checks, plain HTTP on addr, and an access log (one line per request, in
+// registry.log) that tests read to see what was fetched.
 func registryConfig(dir, addr string) string {
 	return fmt.Sprintf(`version: 0.1
 log:
   level: warn
   accesslog:
-    disabled: true
+    disabled: false
 storage:
   filesystem:
     rootdirectory: %s
@@ -81,6 +82,43 @@ func startRegistry(ctx context.Context, dir string) (*Registry, error) {
 	if err != nil {
 		return nil, err
 	}
+	return startRegistryOn(ctx, dir, addr)
+}
+
+// Restart starts a stopped registry again on the same address and storage, returning once it
+// answers.
+func (r *Registry) Restart(ctx context.Context) error {
+	select {
+	case <-r.done:
+	default:
+		return fmt.Errorf("docker-registry on %s is still running: %w", r.Addr, errdefs.ErrFailedPrecondition)
+	}
+	nr, err := startRegistryOn(ctx, r.Dir, r.Addr)
+	if err != nil {
+		return err
+	}
+	*r = *nr
+	return nil
+}
+
+// AccessLog returns the request lines of the registry's access log so far
+// ("GET /v2/name/blobs/sha256:... HTTP/1.1" 200 ...), one per request.
+func (r *Registry) AccessLog() ([]string, error) {
+	data, err := os.ReadFile(filepath.Join(r.Dir, "registry.log"))
+	if err != nil {
+		return nil, fmt.Errorf("docker-registry access log: %w", err)
+	}
+	var lines []string
+	for _, l := range strings.Split(string(data), "\n") {
+		if strings.Contains(l, "\"GET ") || strings.Contains(l, "\"HEAD ") || strings.Contains(l, "\"PUT ") ||
+			strings.Contains(l, "\"POST ") || strings.Contains(l, "\"PATCH ") {
+			lines = append(lines, l)
+		}
+	}
+	return lines, nil
+}
+
+func startRegistryOn(ctx context.Context, dir, addr string) (*Registry, error) {
 	configPath := filepath.Join(dir, "config.yml")
 	if err := os.WriteFile(configPath, []byte(registryConfig(dir, addr)), 0o644); err != nil {
 		return nil, fmt.Errorf("docker-registry config: %w", err)

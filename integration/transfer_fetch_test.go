@@ -1,0 +1,306 @@
+package integration
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+
+	digest "github.com/opencontainers/go-digest"
+
+	"github.com/flotilla/flotilla/flotctl/stack"
+	"github.com/flotilla/flotilla/integration/imagekit"
+)
+
+// runRegistry starts docker-registry for a test (access log on), stopped
+// when the test ends.
+func runRegistry(t *testing.T) *imagekit.Registry {
+	t.Helper()
+	if _, err := os.Stat(imagekit.RegistryBinary); err != nil {
+		requireTool(t, imagekit.RegistryBinary)
+	}
+	r, err := imagekit.RunRegistry(context.Background(), t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.Stop() })
+	return r
+}
+
+// blobFetches counts the registry's answered GETs of each blob (200 or 206).
+func blobFetches(t *testing.T, r *imagekit.Registry) (full, ranged map[digest.Digest]int) {
+	t.Helper()
+	lines, err := r.AccessLog()
+	if err != nil {
+		t.Fatal(err)
+	}
+	full, ranged = map[digest.Digest]int{}, map[digest.Digest]int{}
+	for _, l := range lines {
+		i := strings.Index(l, "\"GET /v2/")
+		if i < 0 || !strings.Contains(l, "/blobs/") {
+			continue
+		}
+		req := strings.Fields(l[i+1:])
+		if len(req) < 4 {
+			continue
+		}
+		d := digest.Digest(req[1][strings.LastIndex(req[1], "/")+1:])
+		switch req[3] {
+		case "200":
+			full[d]++
+		case "206":
+			ranged[d]++
+		}
+	}
+	return full, ranged
+}
+
+// blobProxy relays to a registry, letting a test cut into the body of one
+// blob: hook sees the bytes flow and may stop them.
+type blobProxy struct {
+	Addr string
+	mu   sync.Mutex
+	hook map[digest.Digest]func(io.ReadCloser) io.ReadCloser
+}
+
+func newBlobProxy(t *testing.T, registry string) *blobProxy {
+	t.Helper()
+	p := &blobProxy{hook: map[digest.Digest]func(io.ReadCloser) io.ReadCloser{}}
+	target, _ := url.Parse("http://" + registry)
+	rp := httputil.NewSingleHostReverseProxy(target)
+	rp.FlushInterval = -1
+	rp.ModifyResponse = func(resp *http.Response) error {
+		d := digest.Digest(resp.Request.URL.Path[strings.LastIndex(resp.Request.URL.Path, "/")+1:])
+		p.mu.Lock()
+		h := p.hook[d]
+		p.mu.Unlock()
+		if h != nil && strings.Contains(resp.Request.URL.Path, "/blobs/") && resp.Request.Method == http.MethodGet {
+			resp.Body = h(resp.Body)
+		}
+		return nil
+	}
+	srv := httptest.NewServer(rp)
+	t.Cleanup(srv.Close)
+	p.Addr = strings.TrimPrefix(srv.URL, "http://")
+	return p
+}
+
+func (p *blobProxy) Hook(d digest.Digest, h func(io.ReadCloser) io.ReadCloser) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if h == nil {
+		delete(p.hook, d)
+		return
+	}
+	p.hook[d] = h
+}
+
+// cutAfter passes n bytes of a body, then calls at (once) and returns what
+// at returns as the read error.
+type cutAfter struct {
+	io.ReadCloser
+	n    int64
+	at   func() error
+	once sync.Once
+	err  error
+}
+
+func (c *cutAfter) Read(p []byte) (int, error) {
+	if c.n <= 0 {
+		c.once.Do(func() { c.err = c.at() })
+		return 0, c.err
+	}
+	if int64(len(p)) > c.n {
+		p = p[:c.n]
+	}
+	n, err := c.ReadCloser.Read(p)
+	c.n -= int64(n)
+	return n, err
+}
+
+func largestLayer(img *imagekit.Image) imagekit.Layer {
+	best := img.Layers[0]
+	for _, l := range img.Layers {
+		if l.Descriptor.Size > best.Descriptor.Size {
+			best = l
+		}
+	}
+	return best
+}
+
+func TestTransferConcurrentPullsFetchEachBlobOnce(t *testing.T) {
+	requireRootForMounts(t)
+	ctr2Path(t)
+	reg := runRegistry(t)
+	s := startStack(t)
+	stopPluginsOnCleanup(t, s)
+	p := pushImage(t, reg.Addr, "large", func() (*imagekit.Image, error) {
+		return imagekit.BuildLarge(imagekit.WithSize(32<<20), imagekit.WithTempDir(os.TempDir()))
+	})
+	before, _ := blobFetches(t, reg)
+
+	var wg sync.WaitGroup
+	errs := make([]error, 2)
+	outs := make([]string, 2)
+	for i, ns := range []string{"transfer-twice-a", "transfer-twice-b"} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			outs[i], errs[i] = s.Ctr2(ns, "images", "pull", "--plain-http", p.ref)
+		}()
+	}
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			t.Fatalf("pull %d: %v\n%s", i, err, outs[i])
+		}
+	}
+	after, _ := blobFetches(t, reg)
+	for _, b := range p.img.Blobs {
+		d := b.Descriptor.Digest
+		if isManifestBlob(b.Descriptor.MediaType) {
+			continue
+		}
+		if got := after[d] - before[d]; got != 1 {
+			t.Errorf("blob %s (%s) fetched %d times by two concurrent pulls, want once", d, b.Descriptor.MediaType, got)
+		}
+	}
+}
+
+func isManifestBlob(mt string) bool {
+	return strings.Contains(mt, "manifest") || strings.Contains(mt, "index")
+}
+
+func TestTransferPullOfWrongBytesFailsAndLeavesNothing(t *testing.T) {
+	requireRootForMounts(t)
+	ctr2Path(t)
+	reg := runRegistry(t)
+	s := startStack(t)
+	stopPluginsOnCleanup(t, s)
+	p := pushImage(t, reg.Addr, "busybox", func() (*imagekit.Image, error) { return imagekit.BuildBusybox() })
+	layer := p.img.Layers[0].Descriptor.Digest
+	data := filepath.Join(reg.Dir, "data", "docker", "registry", "v2", "blobs", "sha256", layer.Encoded()[:2], layer.Encoded(), "data")
+	orig, err := os.ReadFile(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bad := append([]byte(nil), orig...)
+	bad[len(bad)/2] ^= 0xff
+	if err := os.WriteFile(data, bad, 0o644); err != nil {
+		t.Fatal(err)
+	}
+
+	ns := "transfer-corrupt"
+	out, err := s.Ctr2(ns, "images", "pull", "--plain-http", p.ref)
+	if err == nil {
+		t.Fatalf("pull of a corrupt blob succeeded:\n%s", out)
+	}
+	if !strings.Contains(out, layer.String()) {
+		t.Errorf("pull error does not name the corrupt blob %s:\n%s", layer, lastLines(out, 5))
+	}
+	if ls := s.MustCtr2(ns, "images", "ls", "-q"); strings.TrimSpace(ls) != "" {
+		t.Errorf("images left after a failed pull:\n%s", ls)
+	}
+	if ls := s.MustCtr2(ns, "content", "ls", "-q"); strings.TrimSpace(ls) != "" {
+		t.Errorf("blobs left after a failed pull:\n%s", ls)
+	}
+	if ls := s.MustCtr2(ns, "content", "active"); strings.Contains(ls, layer.Encoded()) {
+		t.Errorf("ingest of the corrupt blob left:\n%s", ls)
+	}
+
+	if err := os.WriteFile(data, orig, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	s.MustCtr2(ns, "images", "pull", "--plain-http", p.ref)
+	if out := s.MustCtr2(ns, "run", "--rm", p.ref, "transfer-fixed", "echo", "hi"); strings.TrimSpace(out) != "hi" {
+		t.Errorf("ctr run printed %q, want hi", out)
+	}
+}
+
+func TestTransferPullFailsWhenTheRegistryStallsMidBlob(t *testing.T) {
+	requireRootForMounts(t)
+	ctr2Path(t)
+	reg := runRegistry(t)
+	s := startStackWith(t, func(l *stack.Layout) {
+		if l.ExtraArgs == nil {
+			l.ExtraArgs = map[string][]string{}
+		}
+		l.ExtraArgs["contentd"] = append(l.ExtraArgs["contentd"], "--stall-timeout", "2s")
+	})
+	stopPluginsOnCleanup(t, s)
+	p := pushImage(t, reg.Addr, "large", func() (*imagekit.Image, error) {
+		return imagekit.BuildLarge(imagekit.WithSize(16<<20), imagekit.WithTempDir(os.TempDir()))
+	})
+	proxy := newBlobProxy(t, reg.Addr)
+	release := make(chan struct{})
+	t.Cleanup(func() { close(release) })
+	layer := largestLayer(p.img).Descriptor
+	proxy.Hook(layer.Digest, func(body io.ReadCloser) io.ReadCloser {
+		return &cutAfter{ReadCloser: body, n: layer.Size / 2, at: func() error {
+			<-release // the registry keeps the connection open and sends nothing
+			return errors.New("released")
+		}}
+	})
+	ref := proxy.Addr + "/large:1"
+	out, err := s.Ctr2("transfer-stall", "images", "pull", "--plain-http", ref)
+	if err == nil {
+		t.Fatalf("pull from a stalled registry succeeded:\n%s", out)
+	}
+	if !strings.Contains(out, "nothing received for 2s") || !strings.Contains(out, layer.Digest.String()) {
+		t.Errorf("pull error does not say the registry stalled on %s:\n%s", layer.Digest, lastLines(out, 5))
+	}
+}
+
+func TestTransferPullResumesAfterTheRegistryStoppedMidBlob(t *testing.T) {
+	requireRootForMounts(t)
+	ctr2Path(t)
+	reg := runRegistry(t)
+	s := startStack(t)
+	stopPluginsOnCleanup(t, s)
+	p := pushImage(t, reg.Addr, "large", func() (*imagekit.Image, error) {
+		return imagekit.BuildLarge(imagekit.WithSize(32<<20), imagekit.WithTempDir(os.TempDir()))
+	})
+	proxy := newBlobProxy(t, reg.Addr)
+	layer := largestLayer(p.img).Descriptor
+	proxy.Hook(layer.Digest, func(body io.ReadCloser) io.ReadCloser {
+		return &cutAfter{ReadCloser: body, n: layer.Size / 2, at: func() error {
+			if err := reg.Stop(); err != nil {
+				return err
+			}
+			return fmt.Errorf("registry stopped")
+		}}
+	})
+	ref := proxy.Addr + "/large:1"
+	ns := "transfer-resume"
+	if out, err := s.Ctr2(ns, "images", "pull", "--plain-http", ref); err == nil {
+		t.Fatalf("pull succeeded although the registry stopped midway:\n%s", out)
+	}
+	active := s.MustCtr2(ns, "content", "active")
+	if !strings.Contains(active, layer.Digest.Encoded()) {
+		t.Errorf("no ingest kept for %s to resume:\n%s", layer.Digest, active)
+	}
+
+	proxy.Hook(layer.Digest, nil)
+	if err := reg.Restart(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	s.MustCtr2(ns, "images", "pull", "--plain-http", ref)
+	line := checkLine(s.MustCtr2(ns, "images", "check"), ref)
+	if f := strings.Fields(line); len(f) < 4 || f[3] != "complete" {
+		t.Errorf("images check: %q, want complete", line)
+	}
+	_, ranged := blobFetches(t, reg)
+	if ranged[layer.Digest] == 0 {
+		lines, _ := reg.AccessLog()
+		t.Errorf("the second pull did not ask for the rest of %s with a ranged GET; registry log:\n%s", layer.Digest, strings.Join(lines, "\n"))
+	}
+}
