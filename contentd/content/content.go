@@ -28,10 +28,13 @@ type Info struct {
 
 // Status describes an ingest: a blob being written under a ref.
 type Status struct {
-	Ref       string
-	Offset    int64 // bytes written so far
-	Total     int64 // expected size, 0 when unknown
-	Expected  digest.Digest
+	Ref      string
+	Offset   int64 // bytes written so far
+	Total    int64 // expected size, 0 when unknown
+	Expected digest.Digest
+	// StartedAt is taken within the Writer call that started the ingest;
+	// UpdatedAt within the last call that wrote to it (StartedAt until one
+	// does). Both survive Close, resuming and restarts.
 	StartedAt time.Time
 	UpdatedAt time.Time
 }
@@ -109,7 +112,8 @@ type Ingester interface {
 
 // Writer appends to one ingest. It is not safe for concurrent use.
 type Writer interface {
-	// Write appends p at the current offset.
+	// Write appends p at the current offset. As io.Writer requires, p is
+	// not kept once Write returns: the caller may reuse it at once.
 	io.Writer
 	// Close releases the ref without committing; the ingest stays on disk
 	// to be resumed. Close after Commit does nothing.
@@ -124,11 +128,17 @@ type Writer interface {
 	// Commit makes the written bytes a blob of the namespace, with labels,
 	// and releases the ref. size (when > 0) must equal the bytes written and
 	// expected (when set) their digest, otherwise Commit fails with
-	// FailedPrecondition, leaves no blob and keeps the ingest for another
-	// try. The data is synced and renamed into place, so a blob is either
-	// absent or complete. If the namespace already has the blob, the ingest
-	// is dropped and Commit fails with AlreadyExists. Either way, the writer
-	// is closed afterwards.
+	// FailedPrecondition, leaves no blob and removes the ingest: bytes that
+	// are not the blob expected are of no use to a retry, which starts
+	// clean. (containerd's local store keeps them until garbage collection
+	// drops the lease holding them; Flotilla removes them at once.) Labels
+	// that fail validation are InvalidArgument and keep the ingest. The
+	// data is synced and renamed into place, so a blob is either absent or
+	// complete. If the namespace already has the blob, the ingest is
+	// dropped and Commit fails with AlreadyExists. The ref stays locked
+	// until the ingest is gone, so a writer opening it meanwhile is told it
+	// is locked rather than resuming an ingest being moved. Either way, the
+	// writer is closed afterwards.
 	Commit(ctx context.Context, size int64, expected digest.Digest, labels map[string]string) error
 }
 

@@ -151,3 +151,23 @@ func bucketPath(b *bolt.Bucket, names ...[]byte) *bolt.Bucket {
 	}
 	return b
 }
+
+// LeaseHolds reports whether any lease of namespace ns holds the resource
+// (kind, id).
+func LeaseHolds(tx *bolt.Tx, ns, kind, id string) bool {
+	leases := StoreBucket(tx, ns, BucketLeases)
+	if leases == nil {
+		return false
+	}
+	held := false
+	leases.ForEachBucket(func(lease []byte) error {
+		if kb := bucketPath(leases.Bucket(lease), BucketResources, []byte(kind)); kb != nil {
+			// Resources are stored as keys with empty values.
+			if k, _ := kb.Cursor().Seek([]byte(id)); string(k) == id {
+				held = true
+			}
+		}
+		return nil
+	})
+	return held
+}

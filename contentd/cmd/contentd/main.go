@@ -50,6 +50,9 @@ type contentdConfig struct {
 	StallTimeout config.Duration `toml:"stall_timeout"`
 	// MaxConcurrentDownloads bounds the blobs one pull fetches at once.
 	MaxConcurrentDownloads int `toml:"max_concurrent_downloads"`
+	// IngestIdle is how long an ingest that no writer and no lease holds
+	// may go without a write before it is removed.
+	IngestIdle config.Duration `toml:"ingest_idle"`
 }
 
 // leaseSweepInterval is how often expired leases are removed.
@@ -72,6 +75,9 @@ func spec(cfg *contentdConfig) daemon.Spec {
 				"address of eventd or the gateway (unix socket or tcp://host:port) to publish events to; empty discards them")
 			fs.StringVar(&cfg.Taskd, "taskd", "",
 				"address of taskd (unix socket or tcp://host:port), asked for containers before a namespace is deleted; empty asks no one")
+			cfg.IngestIdle = config.Duration(contentstore.DefaultIngestIdle)
+			fs.Var(&cfg.IngestIdle, "ingest-idle",
+				"how long an ingest that no writer and no lease holds may go without a write before it is removed")
 			fs.StringVar(&cfg.Snapshotd, "snapshotd", "",
 				"address of snapshotd (unix socket or tcp://host:port), asked for snapshots before a namespace is deleted and used to unpack pulls of nodes not listed in the config's nodes; empty asks no one")
 			fs.StringVar(&cfg.HostsDir, "hosts-dir", "",
@@ -139,13 +145,14 @@ func setup(_ context.Context, srv *server.Server, cfg *contentdConfig) error {
 
 	stop := make(chan struct{})
 	done := make(chan struct{})
-	go sweepLeases(srv, leaseStore, stop, done)
+	go sweep(srv, leaseStore, contentStore, time.Duration(cfg.IngestIdle), stop, done)
 	srv.OnStop(func() { close(stop); <-done })
 	return nil
 }
 
-// sweepLeases removes expired leases every leaseSweepInterval until stop closes.
-func sweepLeases(srv *server.Server, store *leases.BoltStore, stop <-chan struct{}, done chan<- struct{}) {
+// sweep removes expired leases, and ingests idle for longer than
+// ingestIdle, every leaseSweepInterval until stop closes.
+func sweep(srv *server.Server, store *leases.BoltStore, content *contentstore.Store, ingestIdle time.Duration, stop <-chan struct{}, done chan<- struct{}) {
 	defer close(done)
 	t := time.NewTicker(leaseSweepInterval)
 	defer t.Stop()
@@ -160,6 +167,16 @@ func sweepLeases(srv *server.Server, store *leases.BoltStore, stop <-chan struct
 			}
 			for ns, ids := range deleted {
 				srv.Logger().Info("removed expired leases", "namespace", ns, "leases", ids)
+			}
+			if ingestIdle <= 0 {
+				continue
+			}
+			removed, err := content.RemoveIdleIngests(now, ingestIdle)
+			if err != nil {
+				srv.Logger().Warn("remove idle ingests", "error", err)
+			}
+			for ns, refs := range removed {
+				srv.Logger().Info("removed idle ingests", "namespace", ns, "refs", refs)
 			}
 		}
 	}

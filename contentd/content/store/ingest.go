@@ -11,6 +11,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"github.com/containerd/errdefs"
@@ -28,9 +29,12 @@ import (
 //	state.json  what the ingest is (ingestState), written when it starts
 //	data        the bytes written so far, followed, while a writer works,
 //	            by space allocated ahead of it (see behind.prepare)
-//	written     how many bytes of data are written: 8 bytes, big-endian,
-//	            saved before each write is acknowledged; its modification
-//	            time is the last update. Without it, all of data is written.
+//	written     how many bytes of data are written and when they last
+//	            changed: 8 bytes of offset then 8 bytes of Unix nanoseconds,
+//	            big-endian, saved before each write is acknowledged. The time
+//	            is the writer's clock, not the file's modification time, which
+//	            the kernel keeps at a coarse tick and so can fall before the
+//	            call that made it. Without it, all of data is written.
 //	hashstate   the running hash as of the last clean Close: 8 bytes of
 //	            offset, then the hash's binary state; resuming from it saves
 //	            re-reading data (absent or stale → data is hashed again)
@@ -105,54 +109,67 @@ func statusOf(dir string, st ingestState) (content.Status, error) {
 		StartedAt: st.StartedAt,
 		UpdatedAt: st.StartedAt,
 	}
-	offset, updated, err := readWritten(dir)
+	m, err := readWritten(dir)
 	switch {
 	case err == nil:
-		out.Offset, out.UpdatedAt = offset, updated.UTC()
+		out.Offset = m.offset
+		if !m.updated.IsZero() {
+			out.UpdatedAt = m.updated
+		}
 	case !errors.Is(err, fs.ErrNotExist):
 		return content.Status{}, err
 	}
 	return out, nil
 }
 
-// readWritten returns how many bytes of dir's data are written, and when
-// they last changed.
-func readWritten(dir string) (int64, time.Time, error) {
-	data, err := os.Stat(filepath.Join(dir, dataFile))
-	if err != nil {
-		return 0, time.Time{}, err
-	}
-	mark, err := os.Open(filepath.Join(dir, writtenFile))
-	if errors.Is(err, fs.ErrNotExist) {
-		return data.Size(), data.ModTime(), nil
-	}
-	if err != nil {
-		return 0, time.Time{}, err
-	}
-	defer mark.Close()
-	offset, ok, err := readMark(mark)
-	if err != nil || !ok {
-		return data.Size(), data.ModTime(), err
-	}
-	fi, err := mark.Stat()
-	if err != nil {
-		return 0, time.Time{}, err
-	}
-	return min(offset, data.Size()), fi.ModTime(), nil
+// mark is what the written file says: how many bytes of data are written,
+// and when they last changed (zero when it does not say).
+type mark struct {
+	offset  int64
+	updated time.Time
 }
 
-// readMark reads the offset saved in a written file; ok is false when none
-// was saved yet.
-func readMark(f *os.File) (offset int64, ok bool, err error) {
-	var b [8]byte
-	n, err := f.ReadAt(b[:], 0)
-	if n < len(b) {
-		if errors.Is(err, io.EOF) {
-			err = nil
-		}
-		return 0, false, err
+// readWritten returns what dir's written file says, bounded by the data
+// actually on disk.
+func readWritten(dir string) (mark, error) {
+	data, err := os.Stat(filepath.Join(dir, dataFile))
+	if err != nil {
+		return mark{}, err
 	}
-	return int64(binary.BigEndian.Uint64(b[:])), true, nil
+	f, err := os.Open(filepath.Join(dir, writtenFile))
+	if errors.Is(err, fs.ErrNotExist) {
+		return mark{offset: data.Size()}, nil
+	}
+	if err != nil {
+		return mark{}, err
+	}
+	defer f.Close()
+	m, ok, err := readMark(f)
+	if err != nil || !ok {
+		return mark{offset: data.Size()}, err
+	}
+	m.offset = min(m.offset, data.Size())
+	return m, nil
+}
+
+// readMark reads the mark saved in a written file; ok is false when none
+// was saved yet. A mark saved without its time (8 bytes) has a zero time.
+func readMark(f *os.File) (m mark, ok bool, err error) {
+	var b [16]byte
+	n, err := f.ReadAt(b[:], 0)
+	if errors.Is(err, io.EOF) {
+		err = nil
+	}
+	if n < 8 {
+		return mark{}, false, err
+	}
+	m.offset = int64(binary.BigEndian.Uint64(b[:8]))
+	if n == 16 {
+		if ns := int64(binary.BigEndian.Uint64(b[8:])); ns > 0 {
+			m.updated = time.Unix(0, ns).UTC()
+		}
+	}
+	return m, true, nil
 }
 
 // Status implements content.IngestManager.
@@ -216,30 +233,38 @@ func (s *Store) Abort(ctx context.Context, ref string) error {
 	if _, err := s.status(ns, ref); err != nil {
 		return err
 	}
+	lease, _ := namespace.LeaseFromContext(ctx)
+	return s.removeIngest(ns, ref, lease)
+}
+
+// removeIngest removes ingest ref of namespace ns and its data, and drops
+// it from lease (when set); NotFound when it is not there.
+func (s *Store) removeIngest(ns, ref, lease string) error {
 	// Out of the way in one step, then removed: a writer still holding the
 	// ingest (its Close saves the hash state into the directory) cannot
 	// put files back into a directory being removed, and a crash halfway
 	// leaves nothing that looks like an ingest.
-	trash := filepath.Join(s.root, "trash", fmt.Sprintf("%s-%d", filepath.Base(s.ingestDir(ns, ref)), time.Now().UnixNano()))
-	if err := os.Rename(s.ingestDir(ns, ref), trash); err != nil {
+	dir := s.ingestDir(ns, ref)
+	trash := filepath.Join(s.root, "trash", fmt.Sprintf("%s-%d", filepath.Base(dir), time.Now().UnixNano()))
+	if err := os.Rename(dir, trash); err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
 			return fmt.Errorf("ingest %q: %w", ref, errdefs.ErrNotFound)
 		}
-		return fmt.Errorf("abort ingest %q: %w", ref, err)
+		return fmt.Errorf("remove ingest %q: %w", ref, err)
 	}
 	if err := os.RemoveAll(trash); err != nil {
-		return fmt.Errorf("abort ingest %q: %w", ref, err)
+		return fmt.Errorf("remove ingest %q: %w", ref, err)
 	}
-	if lease, ok := namespace.LeaseFromContext(ctx); ok {
-		return s.db.Update(func(tx *bolt.Tx) error {
-			err := metadata.RemoveLeaseResource(tx, ns, lease, metadata.ResourceIngest, ref)
-			if errdefs.IsNotFound(err) {
-				return nil
-			}
-			return err
-		})
+	if lease == "" {
+		return nil
 	}
-	return nil
+	return s.db.Update(func(tx *bolt.Tx) error {
+		err := metadata.RemoveLeaseResource(tx, ns, lease, metadata.ResourceIngest, ref)
+		if errdefs.IsNotFound(err) {
+			return nil
+		}
+		return err
+	})
 }
 
 // lock gives the caller ref's ingest, or Unavailable while a writer holds it.
@@ -392,7 +417,7 @@ func (s *Store) open(ns, ref, dir string, total int64, expected digest.Digest) (
 		return nil, fmt.Errorf("open ingest %q: %w", ref, err)
 	}
 	w := &writer{s: s, dir: dir, f: f, mark: mark, alg: st.Algorithm}
-	if err := w.resume(st.Total); err != nil {
+	if err := w.resume(st.Total, st.StartedAt); err != nil {
 		if w.h != nil {
 			w.h.Stop()
 		}
@@ -418,33 +443,40 @@ type writer struct {
 	lease   string
 	dir     string
 	f       *os.File
-	// mark is the written file, saying how much of f is written.
+	// mark is the written file, saying how much of f is written and when.
 	mark    *os.File
-	markBuf [8]byte
+	markBuf [16]byte
 	alg     digest.Algorithm
 	h       *behind
 	// flushed is the offset up to which writeback has been started.
-	flushed  int64
-	status   content.Status
-	released bool
+	flushed int64
+	status  content.Status
+	// closed is set once the files are closed; unlocked once the ref is
+	// given back. Commit keeps the ref after closing the files, until the
+	// ingest is gone.
+	closed, unlocked bool
 }
 
 // resume finds how much data is written, saves that in the written file,
 // and sets the running hash to cover it: from the saved hash state when it
 // matches, else by reading the data once. total is the size expected, 0 if
-// unknown.
-func (w *writer) resume(total int64) error {
+// unknown; started is when the ingest started, its update time until a
+// write says otherwise.
+func (w *writer) resume(total int64, started time.Time) error {
 	fi, err := w.f.Stat()
 	if err != nil {
 		return err
 	}
-	size := fi.Size()
+	size, updated := fi.Size(), started
 	if saved, ok, err := readMark(w.mark); err != nil {
 		return err
 	} else if ok {
-		size = min(saved, size)
+		size = min(saved.offset, size)
+		if !saved.updated.IsZero() {
+			updated = saved.updated
+		}
 	}
-	if err := w.saveMark(size); err != nil {
+	if err := w.saveMark(size, updated); err != nil {
 		return err
 	}
 	h := w.alg.Hash()
@@ -467,37 +499,73 @@ func (w *writer) resume(total int64) error {
 	return nil
 }
 
-// saveMark records in the written file that offset bytes of data are written.
-func (w *writer) saveMark(offset int64) error {
-	binary.BigEndian.PutUint64(w.markBuf[:], uint64(offset))
+// saveMark records in the written file that offset bytes of data are
+// written, last changed at updated.
+func (w *writer) saveMark(offset int64, updated time.Time) error {
+	binary.BigEndian.PutUint64(w.markBuf[:8], uint64(offset))
+	binary.BigEndian.PutUint64(w.markBuf[8:], uint64(updated.UnixNano()))
 	_, err := w.mark.WriteAt(w.markBuf[:], 0)
 	return err
 }
 
+// Buffers a Write copies the caller's bytes into, to be hashed behind the
+// acknowledgement: small writes (io.Copy's 32 KiB and less) take small
+// buffers, larger ones are copied a MiB at a time.
+const (
+	smallCopy = 64 << 10
+	largeCopy = 1 << 20
+)
+
+var (
+	smallBuffers = sync.Pool{New: func() any { b := make([]byte, smallCopy); return &b }}
+	largeBuffers = sync.Pool{New: func() any { b := make([]byte, largeCopy); return &b }}
+)
+
 // Write implements content.Writer. The bytes are in the file, and the
 // written file says so, before Write returns: what is acknowledged survives
-// contentd's death. p must not change until the writer's next call: it is
-// hashed behind the acknowledgement.
-func (w *writer) Write(p []byte) (int, error) { return w.WriteOwned(p, nil) }
+// contentd's death. As io.Writer requires, p is not kept: the part of the
+// work done behind the acknowledgement (hashing) works on a copy, so the
+// caller may reuse p at once (io.CopyBuffer does).
+func (w *writer) Write(p []byte) (int, error) {
+	written := 0
+	for len(p) > 0 {
+		pool := &largeBuffers
+		if len(p) <= smallCopy {
+			pool = &smallBuffers
+		}
+		bp := pool.Get().(*[]byte)
+		k := copy(*bp, p)
+		n, err := w.WriteOwned((*bp)[:k], func() { pool.Put(bp) })
+		written += n
+		if err != nil {
+			return written, err
+		}
+		p = p[k:]
+	}
+	return written, nil
+}
 
 // WriteOwned is Write for a p that stays the caller's until the writer
 // calls release (when non-nil), once it is done with p: a buffer the
 // message arrived in can be hashed where it is, rather than copied out.
+// The caller must not change p until then.
 func (w *writer) WriteOwned(p []byte, release func()) (int, error) {
-	if w.released {
+	if w.closed {
 		if release != nil {
 			release()
 		}
 		return 0, fmt.Errorf("write to closed writer of %q: %w", w.ref, errdefs.ErrFailedPrecondition)
 	}
 	n, err := w.f.WriteAt(p, w.status.Offset)
+	now := time.Now().UTC()
 	if n > 0 {
-		if err := w.saveMark(w.status.Offset + int64(n)); err != nil {
+		if err := w.saveMark(w.status.Offset+int64(n), now); err != nil {
 			if release != nil {
 				release()
 			}
 			return 0, fmt.Errorf("write ingest %q: %w", w.ref, err)
 		}
+		w.status.UpdatedAt = now
 	}
 	w.status.Offset += int64(n)
 	c := chunk{p: p[:n], end: w.status.Offset, release: release}
@@ -506,7 +574,6 @@ func (w *writer) WriteOwned(p []byte, release func()) (int, error) {
 		w.flushed = w.status.Offset
 	}
 	w.h.add(c)
-	w.status.UpdatedAt = time.Now().UTC()
 	if err != nil {
 		return n, fmt.Errorf("write ingest %q: %w", w.ref, err)
 	}
@@ -524,12 +591,13 @@ func (w *writer) Truncate(size int64) error {
 	if size != 0 {
 		return fmt.Errorf("truncate ingest %q to %d: only 0 is supported: %w", w.ref, size, errdefs.ErrInvalidArgument)
 	}
-	if w.released {
+	if w.closed {
 		return fmt.Errorf("truncate closed writer of %q: %w", w.ref, errdefs.ErrFailedPrecondition)
 	}
 	w.h.Hash().Reset()
 	w.h.prepared = 0
-	if err := w.saveMark(0); err != nil {
+	now := time.Now().UTC()
+	if err := w.saveMark(0, now); err != nil {
 		return err
 	}
 	if err := w.f.Truncate(0); err != nil {
@@ -537,7 +605,7 @@ func (w *writer) Truncate(size int64) error {
 	}
 	w.flushed = 0
 	w.status.Offset = 0
-	w.status.UpdatedAt = time.Now().UTC()
+	w.status.UpdatedAt = now
 	return nil
 }
 
@@ -545,7 +613,7 @@ func (w *writer) Truncate(size int64) error {
 // the data and saves the running hash so a later writer resumes without
 // re-reading the data.
 func (w *writer) Close() error {
-	if w.released {
+	if w.closed {
 		return nil
 	}
 	h := w.h.Hash()
@@ -557,40 +625,61 @@ func (w *writer) Close() error {
 			os.WriteFile(filepath.Join(w.dir, hashFile), append(saved, state...), 0o644)
 		}
 	}
-	return w.release()
-}
-
-// release closes the data file and gives the ref back.
-func (w *writer) release() error {
-	if w.released {
-		return nil
-	}
-	w.released = true
-	w.h.Stop()
-	err := errors.Join(w.f.Close(), w.mark.Close())
-	w.s.unlock(w.dir)
+	err := w.closeFiles()
+	w.unlock()
 	return err
 }
 
-// Commit implements content.Writer.
+// closeFiles stops the hasher and closes the ingest's files; the ref stays
+// locked.
+func (w *writer) closeFiles() error {
+	if w.closed {
+		return nil
+	}
+	w.closed = true
+	w.h.Stop()
+	return errors.Join(w.f.Close(), w.mark.Close())
+}
+
+// unlock gives the ref back, once.
+func (w *writer) unlock() {
+	if !w.unlocked {
+		w.unlocked = true
+		w.s.unlock(w.dir)
+	}
+}
+
+// Commit implements content.Writer. The ref stays locked until the ingest
+// is gone, as containerd holds it: a writer that opens the ref meanwhile
+// is told it is locked, rather than resuming an ingest being moved away.
 func (w *writer) Commit(ctx context.Context, size int64, expected digest.Digest, labels map[string]string) error {
-	if w.released {
+	if w.closed {
 		return fmt.Errorf("commit %q on a closed writer: %w", w.ref, errdefs.ErrFailedPrecondition)
 	}
-	if err := w.verify(size, expected, labels); err != nil {
-		w.Close() // keep the ingest, and its hash, for another try
+	if err := metadata.ValidateLabels(labels); err != nil {
+		w.Close() // nothing is wrong with the data: keep it for another try
+		return fmt.Errorf("commit %q: %w", w.ref, err)
+	}
+	defer w.unlock()
+	if err := w.verify(size, expected); err != nil {
+		// Bytes that are not the blob expected are of no use to a retry,
+		// which would resume after them and fail again: they go.
+		w.closeFiles()
+		if rerr := w.s.removeIngest(w.ns, w.ref, w.lease); rerr != nil && !errdefs.IsNotFound(rerr) {
+			return errors.Join(err, rerr)
+		}
 		return err
 	}
 	dgst := w.Digest()
 	if err := w.f.Truncate(w.status.Offset); err != nil {
-		w.release()
+		w.closeFiles()
 		return fmt.Errorf("commit %q: drop the space allocated ahead: %w", w.ref, err)
 	}
 	if err := w.f.Sync(); err != nil {
-		w.release()
+		w.closeFiles()
 		return fmt.Errorf("commit %q: sync: %w", w.ref, err)
 	}
-	if err := w.release(); err != nil {
+	if err := w.closeFiles(); err != nil {
 		return fmt.Errorf("commit %q: %w", w.ref, err)
 	}
 
@@ -616,17 +705,18 @@ func (w *writer) Commit(ctx context.Context, size int64, expected digest.Digest,
 	if err != nil {
 		return fmt.Errorf("commit %q: record %s: %w", w.ref, dgst, err)
 	}
-	os.RemoveAll(w.dir)
+	if err := os.RemoveAll(w.dir); err != nil {
+		return fmt.Errorf("commit %q: remove the ingest: %w", w.ref, err)
+	}
 	if existed {
 		return fmt.Errorf("content %s: %w", dgst, errdefs.ErrAlreadyExists)
 	}
 	return nil
 }
 
-func (w *writer) verify(size int64, expected digest.Digest, labels map[string]string) error {
-	if err := metadata.ValidateLabels(labels); err != nil {
-		return err
-	}
+// verify checks the written bytes against the size and digest a commit
+// expects.
+func (w *writer) verify(size int64, expected digest.Digest) error {
 	if size > 0 && size != w.status.Offset {
 		return fmt.Errorf("commit %q: unexpected commit size %d, expected %d: %w",
 			w.ref, w.status.Offset, size, errdefs.ErrFailedPrecondition)
@@ -666,4 +756,74 @@ func (s *Store) place(dir string, dgst digest.Digest) error {
 	}
 	defer d.Close()
 	return d.Sync()
+}
+
+// DefaultIngestIdle is how long an ingest may go without a write before
+// RemoveIdleIngests takes it, when neither a writer nor a lease holds it.
+// containerd gives an ingest without a lease 24 hours (its metadata store
+// sets the ingest's expiry so, and garbage collection removes it after);
+// Flotilla counts them from the last write rather than the start, so a
+// long, slow download that keeps writing is never cut short.
+const DefaultIngestIdle = 24 * time.Hour
+
+// RemoveIdleIngests removes, in every namespace, the ingests last written
+// before now minus idle that no writer and no lease holds, and what a crash
+// left of ingests that never started; it returns the refs removed, by
+// namespace. A writer opening such an ingest meanwhile either finds it
+// locked (and retries) or finds it gone and starts over.
+func (s *Store) RemoveIdleIngests(now time.Time, idle time.Duration) (map[string][]string, error) {
+	entries, err := os.ReadDir(filepath.Join(s.root, "ingest"))
+	if err != nil {
+		return nil, fmt.Errorf("list ingests: %w", err)
+	}
+	removed := map[string][]string{}
+	var errs []error
+	for _, e := range entries {
+		dir := filepath.Join(s.root, "ingest", e.Name())
+		if err := s.lock(dir, e.Name()); err != nil {
+			continue // a writer holds it: not idle
+		}
+		ns, ref, err := s.removeIfIdle(dir, now.Add(-idle))
+		s.unlock(dir)
+		if err != nil {
+			errs = append(errs, err)
+		} else if ref != "" {
+			removed[ns] = append(removed[ns], ref)
+		}
+	}
+	return removed, errors.Join(errs...)
+}
+
+// removeIfIdle removes the ingest in dir, which the caller has locked, if
+// its last write is before cutoff and no lease holds it. It returns the
+// namespace and ref removed, empty when it was kept.
+func (s *Store) removeIfIdle(dir string, cutoff time.Time) (ns, ref string, err error) {
+	st, err := readState(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		// A start cut short by a crash, before its state was written.
+		fi, err := os.Stat(dir)
+		if err != nil || !fi.ModTime().Before(cutoff) {
+			return "", "", nil
+		}
+		return "", "", os.RemoveAll(dir)
+	}
+	if err != nil {
+		return "", "", err
+	}
+	status, err := statusOf(dir, st)
+	if err != nil || !status.UpdatedAt.Before(cutoff) {
+		return "", "", err
+	}
+	var leased bool
+	s.db.View(func(tx *bolt.Tx) error {
+		leased = metadata.LeaseHolds(tx, st.Namespace, metadata.ResourceIngest, st.Ref)
+		return nil
+	})
+	if leased {
+		return "", "", nil
+	}
+	if err := s.removeIngest(st.Namespace, st.Ref, ""); err != nil && !errdefs.IsNotFound(err) {
+		return "", "", err
+	}
+	return st.Namespace, st.Ref, nil
 }

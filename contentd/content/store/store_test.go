@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/containerd/errdefs"
 	"github.com/opencontainers/go-digest"
@@ -106,7 +107,7 @@ func TestCommit(t *testing.T) {
 	}{
 		{name: "commit with right size and digest makes a readable blob", write: data, size: int64(len(data)), expected: good},
 		{name: "commit without expectations takes the computed digest", write: data},
-		{name: "commit with wrong digest is FailedPrecondition and leaves no blob", write: data, size: int64(len(data)),
+		{name: "commit with wrong digest is FailedPrecondition and leaves nothing", write: data, size: int64(len(data)),
 			expected: digest.FromString("something else"), wantErr: errdefs.ErrFailedPrecondition},
 		{name: "short write is FailedPrecondition", write: data[:5], size: int64(len(data)), expected: good,
 			wantErr: errdefs.ErrFailedPrecondition},
@@ -134,10 +135,13 @@ func TestCommit(t *testing.T) {
 				if e.blobOnDisk(actual) || e.blobOnDisk(tt.expected) {
 					t.Error("a blob reached the disk")
 				}
-				// As in containerd, the ingest stays to be fixed or aborted.
-				st, err := e.s.Status(ctx, "ref")
-				if err != nil || st.Offset != int64(len(tt.write)) {
-					t.Errorf("Status after failed commit = %+v, %v", st, err)
+				// Bytes that are not the blob expected go, so that a
+				// retry starts clean.
+				if _, err := e.s.Status(ctx, "ref"); !errdefs.IsNotFound(err) {
+					t.Errorf("Status after failed commit: %v, want NotFound", err)
+				}
+				if entries, _ := os.ReadDir(filepath.Join(e.root, "ingest")); len(entries) != 0 {
+					t.Errorf("%d ingest directories left", len(entries))
 				}
 				return
 			}
@@ -665,6 +669,65 @@ func TestLeases(t *testing.T) {
 		wantKind(t, err, errdefs.ErrNotFound)
 		if _, err := e.s.Writer(nsCtx("a"), "ref2", 0, ""); err != nil {
 			t.Errorf("ref stayed locked: %v", err)
+		}
+	})
+}
+
+func TestRemoveIdleIngests(t *testing.T) {
+	e := newEnv(t)
+	ctx := nsCtx("a")
+	open := func(ref string, ctx context.Context) content.Writer {
+		t.Helper()
+		w, err := e.s.Writer(ctx, ref, 0, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := w.Write([]byte(ref)); err != nil {
+			t.Fatal(err)
+		}
+		return w
+	}
+	open("idle", ctx).Close()
+	held := open("held", ctx)
+	defer held.Close()
+	if err := e.db.Update(func(tx *bolt.Tx) error {
+		_, _, err := metadata.CreateNamespace(tx, "a")
+		if err != nil {
+			return err
+		}
+		b, err := metadata.CreateStoreBucket(tx, "a", metadata.BucketLeases)
+		if err != nil {
+			return err
+		}
+		_, err = b.CreateBucket([]byte("lease"))
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	open("leased", namespace.WithLease(ctx, "lease")).Close()
+	recent := time.Now()
+
+	t.Run("nothing goes before the limit", func(t *testing.T) {
+		removed, err := e.s.RemoveIdleIngests(recent, time.Hour)
+		if err != nil || len(removed) != 0 {
+			t.Fatalf("removed %v, %v", removed, err)
+		}
+	})
+	t.Run("past the limit, only what no writer and no lease holds goes", func(t *testing.T) {
+		removed, err := e.s.RemoveIdleIngests(recent.Add(2*time.Hour), time.Hour)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := removed["a"]; len(got) != 1 || got[0] != "idle" {
+			t.Fatalf("removed %v, want [idle]", removed)
+		}
+		if _, err := e.s.Status(ctx, "idle"); !errdefs.IsNotFound(err) {
+			t.Errorf("idle ingest still there: %v", err)
+		}
+		for _, ref := range []string{"held", "leased"} {
+			if _, err := e.s.Status(ctx, ref); err != nil {
+				t.Errorf("%s: %v", ref, err)
+			}
 		}
 	})
 }
