@@ -10,6 +10,7 @@ import (
 	"sort"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	eventsapi "github.com/containerd/containerd/api/events"
 	taskapi "github.com/containerd/containerd/api/runtime/task/v2"
@@ -95,12 +96,27 @@ type CreateOpts struct {
 	Terminal              bool
 }
 
+// createTimeout bounds the creation of a task once started, whatever the
+// caller's deadline.
+const createTimeout = 2 * time.Minute
+
 // Create starts a shim for container opts.ID and creates its task: the
 // container exists but its process has not started. It fails with
 // InvalidArgument for a bad spec or runtime name, NotFound when the runtime's
 // shim or the rootfs cannot be found, AlreadyExists when the container has a
 // task. On failure nothing is left: no bundle, no shim, no mount.
+//
+// A caller that goes away (its deadline, a ctrl-C, a gateway that crashed)
+// does not cut creation short: a shim stopped halfway could be left where
+// no call reaches it. Creation runs to its end and, the caller being gone,
+// is undone; the caller gets its context's error.
 func (m *Manager) Create(ctx context.Context, opts CreateOpts) (_ *Task, retErr error) {
+	work, cancel := context.WithTimeout(context.WithoutCancel(ctx), createTimeout)
+	defer cancel()
+	return m.create(work, ctx, opts)
+}
+
+func (m *Manager) create(ctx, caller context.Context, opts CreateOpts) (_ *Task, retErr error) {
 	ns, err := namespace.Required(ctx)
 	if err != nil {
 		return nil, err
@@ -182,6 +198,9 @@ func (m *Manager) Create(ctx context.Context, opts CreateOpts) (_ *Task, retErr 
 	})
 	if err != nil {
 		return nil, err
+	}
+	if err := caller.Err(); err != nil {
+		return nil, fmt.Errorf("create task %q: the caller went away, the task is removed again: %w", opts.ID, err)
 	}
 	t.pid.Store(resp.Pid)
 	m.mu.Lock()

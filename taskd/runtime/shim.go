@@ -269,6 +269,19 @@ func peerPid(conn net.Conn) int {
 
 // waitExit waits up to timeout for the shim, told to shut down, to close
 // the connection and exit.
+// killIfConnected kills the shim if its connection is still open: the pid
+// is then still the shim's (it cannot have been reused).
+func (sc *shimConn) killIfConnected() {
+	select {
+	case <-sc.closed:
+		return
+	default:
+	}
+	if sc.pid > 0 {
+		_ = unix.Kill(sc.pid, unix.SIGKILL)
+	}
+}
+
 func (sc *shimConn) waitExit(timeout time.Duration) {
 	pid := sc.pid
 	deadline := time.Now().Add(timeout)

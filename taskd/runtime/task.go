@@ -125,8 +125,12 @@ func (t *Task) abandon() {
 	defer cancel()
 	if conn != nil {
 		call(ctx, t.ns, "delete", conn.task.Delete, &taskapi.DeleteRequest{ID: t.id})
-		call(ctx, t.ns, "shutdown", conn.task.Shutdown, &taskapi.ShutdownRequest{ID: t.id})
+		// Now: the shim goes even if its task could not be deleted (a
+		// Create still under way after taskd restarted); `shim delete`
+		// below removes what the task left.
+		call(ctx, t.ns, "shutdown", conn.task.Shutdown, &taskapi.ShutdownRequest{ID: t.id, Now: true})
 		conn.waitExit(3 * time.Second)
+		conn.killIfConnected()
 		t.detach()
 	}
 	if t.started {

@@ -746,11 +746,12 @@ func (s *Service) Delete(ctx context.Context, r *taskapi.DeleteRequest) (*taskap
 	if !p.isStopped() && !created {
 		return nil, fmt.Errorf("delete %s: task is running, kill it first: %w", c.id, errdefs.ErrFailedPrecondition)
 	}
-	s.log.Debug("delete: runtime delete", "id", c.id)
-	if err := c.runtime.Delete(ctx, c.id, &runc.DeleteOpts{Force: created}); err != nil && !isNotExist(err) {
-		return nil, runtimeError(fmt.Sprintf("delete %s", c.id), err, c.bundle)
-	}
 	if created {
+		// The init goes first, so that runc finds the cgroup empty and
+		// can remove it.
+		if err := c.runtime.Kill(ctx, c.id, int(unix.SIGKILL), &runc.KillOpts{All: true}); err != nil {
+			s.log.Debug("delete: kill the init of a created container", "id", c.id, "error", err)
+		}
 		select {
 		case <-p.exited:
 		case <-time.After(5 * time.Second):
@@ -758,6 +759,10 @@ func (s *Service) Delete(ctx context.Context, r *taskapi.DeleteRequest) (*taskap
 		case <-ctx.Done():
 			return nil, ctx.Err()
 		}
+	}
+	s.log.Debug("delete: runtime delete", "id", c.id)
+	if err := c.runtime.Delete(ctx, c.id, &runc.DeleteOpts{Force: created}); err != nil && !isNotExist(err) {
+		return nil, runtimeError(fmt.Sprintf("delete %s", c.id), err, c.bundle)
 	}
 
 	s.log.Debug("delete: closing stdio", "id", c.id)

@@ -1,0 +1,162 @@
+package integration
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	containersapi "github.com/containerd/containerd/api/services/containers/v1"
+	snapshotsapi "github.com/containerd/containerd/api/services/snapshots/v1"
+	tasksapi "github.com/containerd/containerd/api/services/tasks/v1"
+)
+
+// shimsOf lists the containers of namespace ns that have a shim process.
+func shimsOf(ns string) []string {
+	var ids []string
+	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+	for _, p := range procs {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			continue
+		}
+		args := strings.Split(string(b), "\x00")
+		if !strings.Contains(filepath.Base(args[0]), "shim") {
+			continue
+		}
+		var gotNS, gotID string
+		for i := 0; i+1 < len(args); i++ {
+			switch args[i] {
+			case "-namespace":
+				gotNS = args[i+1]
+			case "-id":
+				gotID = args[i+1]
+			}
+		}
+		if gotNS == ns && gotID != "" {
+			ids = append(ids, gotID)
+		}
+	}
+	sort.Strings(ids)
+	return ids
+}
+
+// taskIDs lists the tasks of the namespace through the API.
+func (s *runStack) taskIDs(t testing.TB) []string {
+	t.Helper()
+	var ids []string
+	for id := range s.tasks(t) {
+		ids = append(ids, id)
+	}
+	sort.Strings(ids)
+	return ids
+}
+
+// TestCancelledTaskCreatesLeaveNoShim cancels Tasks.Create calls at random
+// points (as a client's deadline, a ctrl-C or a crashed gateway does): each
+// creation must finish or be undone, so every shim left belongs to a task
+// the API lists, before and after taskd restarts.
+func TestCancelledTaskCreatesLeaveNoShim(t *testing.T) {
+	s := startRunStack(t, "cancelcreate", nil)
+	conn := s.Conn()
+	containers := containersapi.NewContainersClient(conn)
+	snapshots := snapshotsapi.NewSnapshotsClient(conn)
+	tasks := tasksapi.NewTasksClient(conn)
+	ctx := inNamespace(context.Background(), s.ns)
+
+	const n = 16
+	seed := uint64(time.Now().UnixNano())
+	t.Logf("seed %d", seed)
+	rnd := rand.New(rand.NewPCG(seed, 0))
+	type attempt struct {
+		id    string
+		after time.Duration
+	}
+	var attempts []attempt
+	for i := range n {
+		id := fmt.Sprintf("cc%d", i)
+		s.MustCtr(s.ns, "containers", "create", s.ref, id, "sleep", "1000")
+		// From at once to well past a whole creation.
+		attempts = append(attempts, attempt{id, time.Duration(rnd.IntN(6000)) * time.Millisecond})
+	}
+	requests := map[string]*tasksapi.CreateTaskRequest{}
+	for _, a := range attempts {
+		c, err := containers.Get(ctx, &containersapi.GetContainerRequest{ID: a.id})
+		if err != nil {
+			t.Fatal(err)
+		}
+		m, err := snapshots.Mounts(ctx, &snapshotsapi.MountsRequest{Snapshotter: c.Container.Snapshotter, Key: c.Container.SnapshotKey})
+		if err != nil {
+			t.Fatal(err)
+		}
+		requests[a.id] = &tasksapi.CreateTaskRequest{ContainerID: a.id, Rootfs: m.Mounts}
+	}
+
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var cancelled int
+	for _, a := range attempts {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			cctx, cancel := context.WithTimeout(ctx, a.after)
+			defer cancel()
+			if _, err := tasks.Create(cctx, requests[a.id]); err != nil {
+				mu.Lock()
+				cancelled++
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	t.Logf("%d of %d creates were cut short by their caller", cancelled, n)
+
+	// taskd finishes or undoes what the callers left: wait for it, then
+	// every shim must be a task's.
+	consistent := func() ([]string, []string, bool) {
+		shims, ids := shimsOf(s.ns), s.taskIDs(t)
+		return shims, ids, slices.Equal(shims, ids)
+	}
+	var shims, ids []string
+	var ok bool
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		if shims, ids, ok = consistent(); ok || time.Now().After(deadline) {
+			break
+		}
+	}
+	if !ok {
+		t.Fatalf("shims %v, but tasks %v: a shim no task owns", shims, ids)
+	}
+	for _, a := range attempts {
+		if slices.Contains(ids, a.id) {
+			continue
+		}
+		if left := s.leftovers(t, a.id); len(left) > 0 {
+			t.Errorf("%s has no task but left behind: %v", a.id, left)
+		}
+	}
+
+	s.Kill9("taskd")
+	s.Up()
+	if shims, ids, ok := consistent(); !ok {
+		t.Fatalf("after taskd restarted: shims %v, but tasks %v", shims, ids)
+	}
+	for _, id := range ids {
+		if out, err := s.Ctr(s.ns, "tasks", "delete", "-f", id); err != nil {
+			t.Errorf("delete task %s after the restart: %v: %s", id, err, out)
+		}
+	}
+	if left := shimsOf(s.ns); len(left) > 0 {
+		for _, id := range left {
+			t.Errorf("shim of %s (pid %s) outlived its task", id, strconv.Itoa(shimOf(s.ns, id)))
+		}
+	}
+}
