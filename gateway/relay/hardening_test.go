@@ -257,3 +257,42 @@ func TestPanicEndsOnlyItsSession(t *testing.T) {
 		t.Fatalf("echo after another session panicked: %q, %v", got, err)
 	}
 }
+
+func TestShutdownEndsLongLivedCalls(t *testing.T) {
+	dir := sockdir.New(t)
+	b := startBackend(t, dir, func(_ any, ss grpc.ServerStream) error {
+		msg := []byte("subscribed")
+		if err := ss.SendMsg(&msg); err != nil {
+			return err
+		}
+		<-ss.Context().Done()
+		return nil
+	})
+	f := startRelay(t, dir, b.addr, relay.WithLongLived(func(m string) bool { return m == "/test.Events/Subscribe" }))
+
+	s, err := f.conn.NewStream(context.Background(), &grpc.StreamDesc{ServerStreams: true}, "/test.Events/Subscribe")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.SendMsg(&[]byte{})
+	s.CloseSend()
+	var got []byte
+	if err := s.RecvMsg(&got); err != nil {
+		t.Fatalf("subscription not in place: %v", err)
+	}
+
+	const timeout = 30 * time.Second
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	start := time.Now()
+	if err := f.relay.Shutdown(ctx); err != nil {
+		t.Fatalf("Shutdown waited its whole timeout for a subscription: %v", err)
+	}
+	if d := time.Since(start); d > timeout/3 {
+		t.Fatalf("Shutdown took %v with a subscription open", d)
+	}
+	err = s.RecvMsg(&got)
+	if status.Code(err) != codes.Unavailable || !strings.Contains(status.Convert(err).Message(), "shutting down") {
+		t.Fatalf("the subscription ended with %v, want Unavailable: the gateway is shutting down", err)
+	}
+}

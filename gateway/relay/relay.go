@@ -89,6 +89,7 @@ type Server struct {
 	observe   Observer
 	readyWait time.Duration
 	log       *slog.Logger
+	longLived func(fullMethod string) bool
 
 	mu        sync.Mutex
 	listeners map[net.Listener]struct{}
@@ -107,6 +108,13 @@ func WithObserver(o Observer) Option { return func(s *Server) { s.observe = o } 
 // reached before it fails with Unavailable (1.5 s by default: within the two
 // seconds a client may wait for an answer naming the service).
 func WithReadyWait(d time.Duration) Option { return func(s *Server) { s.readyWait = d } }
+
+// WithLongLived names the methods whose calls last as long as their
+// clients stay (event subscriptions, waits): Shutdown ends them at once,
+// answering Unavailable, instead of waiting for them until its deadline.
+func WithLongLived(f func(fullMethod string) bool) Option {
+	return func(s *Server) { s.longLived = f }
+}
 
 // WithLogger sets where the server logs broken connections.
 func WithLogger(l *slog.Logger) Option { return func(s *Server) { s.log = l } }
@@ -176,7 +184,8 @@ func (s *Server) Serve(l net.Listener) error {
 }
 
 // Shutdown stops accepting connections, tells every client to open no new
-// calls (GOAWAY), and waits for the calls in flight to end. When ctx ends
+// calls (GOAWAY), ends the long-lived calls (WithLongLived) and waits for
+// the others in flight to end. When ctx ends
 // first, it closes what is left and returns ctx's error.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Lock()
@@ -191,6 +200,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Unlock()
 	for _, ss := range sessions {
 		ss.goAway()
+		if s.longLived != nil {
+			ss.endLongLived(s.longLived)
+		}
 	}
 
 	done := make(chan struct{})
@@ -377,6 +389,30 @@ func (ss *session) goAway() {
 	ss.client.flush()
 	if idle {
 		ss.close(nil)
+	}
+}
+
+// endLongLived ends the session's calls that isLong names, and the
+// session with them if no other call is left.
+func (ss *session) endLongLived(isLong func(string) bool) {
+	var done bool
+	ss.locked(func() error {
+		if ss.closed {
+			return nil
+		}
+		for _, st := range ss.streams {
+			if isLong(st.method) {
+				ss.fail(st, codes.Unavailable, "the gateway is shutting down")
+			}
+		}
+		done = len(ss.streams) == 0
+		return nil
+	})
+	ss.flushAll()
+	if done {
+		// The session ends when its reader next wakes: a moment for the
+		// client to read the calls' ends before the connection closes.
+		ss.client.nc.SetReadDeadline(time.Now().Add(goAwayLinger))
 	}
 }
 

@@ -99,6 +99,7 @@ func (r *Router) FrontDoor(srv *server.Server) server.FrontDoor {
 	return relay.New(route,
 		relay.WithObserver(newCallMetrics(srv.CallMetrics(), r.shapes, isLocal)),
 		relay.WithReadyWait(backend.DefaultReadyWait),
+		relay.WithLongLived(server.IsLongLived),
 		relay.WithLogger(srv.Logger()))
 }
 

@@ -53,6 +53,7 @@ type Server struct {
 
 	frontDoor FrontDoor      // nil: the gRPC server serves the socket
 	local     *localListener // the gRPC server's side of DialLocal
+	stopping  *stopping      // ends long-lived calls when the server stops
 }
 
 type options struct {
@@ -99,12 +100,13 @@ func New(name string, cfg config.Common, log *slog.Logger, opts ...Option) *Serv
 		grpcprom.WithHistogramBuckets([]float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10}),
 	))
 	registry.MustRegister(metrics)
+	stop := newStopping(name)
 
 	// Metrics sit outermost so they count the gRPC code the client sees;
 	// errors are converted before that, namespaces are read first of all.
 	grpcOpts := append([]grpc.ServerOption{
-		grpc.ChainUnaryInterceptor(metrics.UnaryServerInterceptor(), errorsUnary, logUnary(log), namespaceUnary),
-		grpc.ChainStreamInterceptor(metrics.StreamServerInterceptor(), errorsStream, logStream(log), namespaceStream),
+		grpc.ChainUnaryInterceptor(metrics.UnaryServerInterceptor(), errorsUnary, logUnary(log), namespaceUnary, stop.unary),
+		grpc.ChainStreamInterceptor(metrics.StreamServerInterceptor(), errorsStream, logStream(log), namespaceStream, stop.stream),
 		// Blobs and layers move in 1 MiB messages: windows that hold several
 		// of them keep a sender from stalling on flow control, and larger
 		// buffers cut the syscalls per message.
@@ -124,6 +126,7 @@ func New(name string, cfg config.Common, log *slog.Logger, opts ...Option) *Serv
 		metrics:  metrics,
 		registry: registry,
 		started:  time.Now(),
+		stopping: stop,
 	}
 	healthpb.RegisterHealthServer(s.grpc, s.health)
 	servicev1.RegisterInfoServer(s.grpc, &infoService{s: s})
@@ -229,6 +232,9 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 	s.log.Info("shutting down", "timeout", s.cfg.ShutdownTimeout.String())
 	s.health.Shutdown()
+	// Calls that would last as long as their clients stay (subscriptions,
+	// waits) end now, answering Unavailable; the others get the timeout.
+	s.stopping.stop()
 	if s.frontDoor != nil {
 		sctx, cancel := context.WithTimeout(context.Background(), time.Duration(s.cfg.ShutdownTimeout))
 		if err := s.frontDoor.Shutdown(sctx); err != nil {

@@ -1,0 +1,102 @@
+package integration
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/flotilla/flotilla/flotctl/stack"
+)
+
+// attachCtrEvents starts `ctr events` on the gateway and returns once it
+// has seen an event published after it started (so its subscription is in
+// place); it is stopped when the test ends.
+func attachCtrEvents(t *testing.T, s *Stack, probe string) {
+	t.Helper()
+	requireTool(t, "ctr")
+	ctx, cancel := context.WithCancel(context.Background())
+	cmd := exec.CommandContext(ctx, "ctr", "--address", s.Socket, "events")
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cancel(); cmd.Wait() })
+	seen := make(chan string, 100)
+	go func() {
+		defer close(seen)
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			seen <- sc.Text()
+		}
+	}()
+	for i := 0; i < 100; i++ {
+		ns := fmt.Sprintf("%s-%d", probe, i)
+		s.MustCtr(ns, "namespaces", "create", ns)
+		deadline := time.After(200 * time.Millisecond)
+	wait:
+		for {
+			select {
+			case line, ok := <-seen:
+				if !ok {
+					t.Fatal("ctr events exited")
+				}
+				if strings.Contains(line, "/namespaces/create") && strings.Contains(line, ns) {
+					return
+				}
+			case <-deadline:
+				break wait
+			}
+		}
+	}
+	t.Fatal("ctr events never reported a probe namespace")
+}
+
+// waitGone waits for process pid to exit (or become a zombie), up to limit.
+func waitGone(pid int, limit time.Duration) bool {
+	end := time.Now().Add(limit)
+	for time.Now().Before(end) {
+		if _, err := os.Stat(fmt.Sprintf("/proc/%d", pid)); os.IsNotExist(err) {
+			return true
+		}
+		if st, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid)); strings.Contains(string(st), ") Z ") {
+			return true
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	return false
+}
+
+// TestDaemonsStopPromptlyWithSubscribers: with `ctr events` attached
+// through the gateway, every daemon stops on SIGTERM well before its 10 s
+// shutdown timeout (a graceful stop used to wait for the subscription
+// until the timeout cut it: eventd took 10.1 s).
+func TestDaemonsStopPromptlyWithSubscribers(t *testing.T) {
+	s := startStack(t)
+	for _, name := range stack.Order {
+		t.Run(name+" stops promptly", func(t *testing.T) {
+			s.Up() // what an earlier case stopped starts again
+			attachCtrEvents(t, s, "stop-"+name)
+			pid := s.Pid(name)
+			start := time.Now()
+			if err := syscall.Kill(pid, syscall.SIGTERM); err != nil {
+				t.Fatal(err)
+			}
+			// The shutdown timeout is 10 s: a daemon that waits for the
+			// subscription takes all of it.
+			if !waitGone(pid, 6*time.Second) {
+				defer waitGone(pid, 15*time.Second) // before the next case starts it again
+				t.Fatalf("%s still running %v after SIGTERM with a subscriber attached", name, time.Since(start))
+			}
+			t.Logf("%s exited %v after SIGTERM with ctr events attached", name, time.Since(start).Round(time.Millisecond))
+		})
+	}
+}
