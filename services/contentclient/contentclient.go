@@ -16,12 +16,14 @@ import (
 	"fmt"
 	"io"
 	"sync"
+	"time"
 
 	api "github.com/containerd/containerd/api/services/content/v1"
 	"github.com/containerd/errdefs"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"google.golang.org/grpc"
+	"google.golang.org/protobuf/types/known/fieldmaskpb"
 )
 
 // Client reads and writes blobs through one connection. It is safe for
@@ -104,18 +106,142 @@ func (ra *ReaderAt) ReadAt(p []byte, off int64) (int, error) {
 // slow.
 const ChunkSize = 1 << 20
 
+// Info is what the store says of one blob.
+type Info struct {
+	Digest    digest.Digest
+	Size      int64
+	CreatedAt time.Time
+	UpdatedAt time.Time
+	Labels    map[string]string
+}
+
+// Status is what the store says of one ingest.
+type Status struct {
+	Ref       string
+	Offset    int64
+	Total     int64
+	Expected  digest.Digest
+	StartedAt time.Time
+	UpdatedAt time.Time
+}
+
+func infoFromProto(in *api.Info) Info {
+	return Info{
+		Digest:    digest.Digest(in.GetDigest()),
+		Size:      in.GetSize(),
+		CreatedAt: in.GetCreatedAt().AsTime(),
+		UpdatedAt: in.GetUpdatedAt().AsTime(),
+		Labels:    in.GetLabels(),
+	}
+}
+
+func statusFromProto(in *api.Status) Status {
+	return Status{
+		Ref:       in.GetRef(),
+		Offset:    in.GetOffset(),
+		Total:     in.GetTotal(),
+		Expected:  digest.Digest(in.GetExpected()),
+		StartedAt: in.GetStartedAt().AsTime(),
+		UpdatedAt: in.GetUpdatedAt().AsTime(),
+	}
+}
+
+// Info returns the blob dgst of the context's namespace.
+func (c *Client) Info(ctx context.Context, dgst digest.Digest) (Info, error) {
+	resp, err := c.client.Info(ctx, &api.InfoRequest{Digest: dgst.String()})
+	if err != nil {
+		return Info{}, fmt.Errorf("content info %s: %w", dgst, err)
+	}
+	return infoFromProto(resp.GetInfo()), nil
+}
+
+// Update changes the labels of blob info.Digest as fieldpaths say
+// (containerd's: none replaces them all, "labels.KEY" one) and returns the
+// blob as updated.
+func (c *Client) Update(ctx context.Context, info Info, fieldpaths ...string) (Info, error) {
+	req := &api.UpdateRequest{Info: &api.Info{Digest: info.Digest.String(), Labels: info.Labels}}
+	if len(fieldpaths) > 0 {
+		req.UpdateMask = &fieldmaskpb.FieldMask{Paths: fieldpaths}
+	}
+	resp, err := c.client.Update(ctx, req)
+	if err != nil {
+		return Info{}, fmt.Errorf("content update %s: %w", info.Digest, err)
+	}
+	return infoFromProto(resp.GetInfo()), nil
+}
+
+// Walk calls fn for each blob of the namespace matching any of filters.
+// An error from fn ends the walk and is returned.
+func (c *Client) Walk(ctx context.Context, fn func(Info) error, filters ...string) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stream, err := c.client.List(ctx, &api.ListContentRequest{Filters: filters})
+	if err != nil {
+		return fmt.Errorf("content list: %w", err)
+	}
+	for {
+		resp, err := stream.Recv()
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("content list: %w", err)
+		}
+		for _, info := range resp.GetInfo() {
+			if err := fn(infoFromProto(info)); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+// Delete removes blob dgst from the namespace.
+func (c *Client) Delete(ctx context.Context, dgst digest.Digest) error {
+	if _, err := c.client.Delete(ctx, &api.DeleteContentRequest{Digest: dgst.String()}); err != nil {
+		return fmt.Errorf("content delete %s: %w", dgst, err)
+	}
+	return nil
+}
+
+// Status returns ingest ref of the namespace.
+func (c *Client) Status(ctx context.Context, ref string) (Status, error) {
+	resp, err := c.client.Status(ctx, &api.StatusRequest{Ref: ref})
+	if err != nil {
+		return Status{}, fmt.Errorf("content status %q: %w", ref, err)
+	}
+	return statusFromProto(resp.GetStatus()), nil
+}
+
+// ListStatuses returns the namespace's ingests matching any of filters.
+func (c *Client) ListStatuses(ctx context.Context, filters ...string) ([]Status, error) {
+	resp, err := c.client.ListStatuses(ctx, &api.ListStatusesRequest{Filters: filters})
+	if err != nil {
+		return nil, fmt.Errorf("content list statuses: %w", err)
+	}
+	out := make([]Status, 0, len(resp.GetStatuses()))
+	for _, st := range resp.GetStatuses() {
+		out = append(out, statusFromProto(st))
+	}
+	return out, nil
+}
+
+// Abort removes ingest ref and its data.
+func (c *Client) Abort(ctx context.Context, ref string) error {
+	if _, err := c.client.Abort(ctx, &api.AbortRequest{Ref: ref}); err != nil {
+		return fmt.Errorf("content abort %q: %w", ref, err)
+	}
+	return nil
+}
+
 // Writer opens a Write stream on ref and starts the ingest over from
 // offset 0: whatever a previous writer left under ref is discarded. A ref
 // another live writer holds may be an Unavailable error. The writer lives
 // until Commit or Close, or until ctx ends.
 func (c *Client) Writer(ctx context.Context, ref string) (*Writer, error) {
-	ctx, cancel := context.WithCancel(ctx)
-	stream, err := c.client.Write(ctx)
+	w, err := c.open(ctx, ref)
 	if err != nil {
-		cancel()
-		return nil, fmt.Errorf("content write %q: %w", ref, err)
+		return nil, err
 	}
-	w := &Writer{stream: stream, cancel: cancel, ref: ref}
 	if err := w.send(&api.WriteContentRequest{Action: api.WriteAction_WRITE, Ref: ref, Offset: 0}); err != nil {
 		w.Close()
 		return nil, err
@@ -123,7 +249,40 @@ func (c *Client) Writer(ctx context.Context, ref string) (*Writer, error) {
 	return w, nil
 }
 
-// Writer writes one blob in order, from offset 0.
+// ResumeWriter opens a Write stream on ref, as containerd's clients do:
+// the store records total and expected (when set), and the writer goes on
+// from where a previous writer of ref stopped (Offset of its Status). A
+// ref another live writer holds is Unavailable; a blob the namespace
+// already has under expected is AlreadyExists.
+func (c *Client) ResumeWriter(ctx context.Context, ref string, total int64, expected digest.Digest) (*Writer, error) {
+	w, err := c.open(ctx, ref)
+	if err != nil {
+		return nil, err
+	}
+	req := &api.WriteContentRequest{Action: api.WriteAction_STAT, Ref: ref, Total: total}
+	if expected != "" {
+		req.Expected = expected.String()
+	}
+	resp, err := w.roundTrip(req)
+	if err != nil {
+		w.Close()
+		return nil, err
+	}
+	w.offset = resp.GetOffset()
+	return w, nil
+}
+
+func (c *Client) open(ctx context.Context, ref string) (*Writer, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	stream, err := c.client.Write(ctx)
+	if err != nil {
+		cancel()
+		return nil, fmt.Errorf("content write %q: %w", ref, err)
+	}
+	return &Writer{stream: stream, cancel: cancel, ref: ref}, nil
+}
+
+// Writer writes one blob in order.
 type Writer struct {
 	stream api.Content_WriteClient
 	cancel context.CancelFunc
@@ -132,19 +291,29 @@ type Writer struct {
 	once   sync.Once
 }
 
-// send sends one message and reads its answer: the protocol answers every
-// message with the ingest's offset, which must be where this one ends.
-func (w *Writer) send(req *api.WriteContentRequest) error {
+// roundTrip sends one message and reads its answer.
+func (w *Writer) roundTrip(req *api.WriteContentRequest) (*api.WriteContentResponse, error) {
 	if err := w.stream.Send(req); err != nil {
 		// io.EOF: the server ended the stream; Recv says why.
 		if errors.Is(err, io.EOF) {
 			_, err = w.stream.Recv()
 		}
-		return fmt.Errorf("content write %q: %w", w.ref, err)
+		return nil, fmt.Errorf("content write %q: %w", w.ref, err)
 	}
 	resp, err := w.stream.Recv()
 	if err != nil {
-		return fmt.Errorf("content write %q: %w", w.ref, err)
+		return nil, fmt.Errorf("content write %q: %w", w.ref, err)
+	}
+	return resp, nil
+}
+
+// send sends one message carrying data and reads its answer: the protocol
+// answers every message with the ingest's offset, which must be where
+// this one ends.
+func (w *Writer) send(req *api.WriteContentRequest) error {
+	resp, err := w.roundTrip(req)
+	if err != nil {
+		return err
 	}
 	if want := req.GetOffset() + int64(len(req.GetData())); resp.GetOffset() != want {
 		return fmt.Errorf("content write %q: store is at offset %d, want %d: %w", w.ref, resp.GetOffset(), want, errdefs.ErrDataLoss)
@@ -153,7 +322,8 @@ func (w *Writer) send(req *api.WriteContentRequest) error {
 }
 
 // Write sends p in messages of at most ChunkSize bytes, each answered
-// before the next, and returns how many bytes the store took.
+// before the next, and returns how many bytes the store took. p is not
+// kept once Write returns.
 func (w *Writer) Write(p []byte) (int, error) {
 	written := 0
 	for len(p) > 0 {
@@ -168,29 +338,74 @@ func (w *Writer) Write(p []byte) (int, error) {
 	return written, nil
 }
 
-// Commit makes the written bytes a blob labelled with labels, after the
-// store has checked that they are size bytes digesting to expected. A size
-// other than what was written, or a digest mismatch, is a
-// FailedPrecondition error and stores nothing; a blob already stored under
-// expected is the store's AlreadyExists error, returned as it is. The
-// writer is closed afterwards either way.
-func (w *Writer) Commit(ctx context.Context, size int64, expected digest.Digest, labels map[string]string) error {
-	defer w.Close()
-	if size != w.offset {
-		return fmt.Errorf("content commit %q: %d bytes written, committing %d: %w", w.ref, w.offset, size, errdefs.ErrFailedPrecondition)
+// Status asks the store for the ingest's state.
+func (w *Writer) Status() (Status, error) {
+	resp, err := w.roundTrip(&api.WriteContentRequest{Action: api.WriteAction_STAT, Ref: w.ref})
+	if err != nil {
+		return Status{}, err
 	}
-	return w.send(&api.WriteContentRequest{
-		Action: api.WriteAction_COMMIT, Ref: w.ref, Offset: w.offset,
-		Total: size, Expected: expected.String(), Labels: labels,
-	})
+	return Status{
+		Ref:       w.ref,
+		Offset:    resp.GetOffset(),
+		Total:     resp.GetTotal(),
+		StartedAt: resp.GetStartedAt().AsTime(),
+		UpdatedAt: resp.GetUpdatedAt().AsTime(),
+	}, nil
 }
 
-// Close ends the Write stream; after Commit it does nothing. An
-// uncommitted ingest may be left in the store under its ref, to be resumed
-// or garbage collected.
+// Digest asks the store for the digest of the bytes written so far.
+func (w *Writer) Digest() (digest.Digest, error) {
+	resp, err := w.roundTrip(&api.WriteContentRequest{Action: api.WriteAction_STAT, Ref: w.ref})
+	if err != nil {
+		return "", err
+	}
+	return digest.Parse(resp.GetDigest())
+}
+
+// Truncate discards what was written; only size 0 is supported.
+func (w *Writer) Truncate(size int64) error {
+	if size != 0 {
+		return fmt.Errorf("content truncate %q to %d: only 0 is supported: %w", w.ref, size, errdefs.ErrInvalidArgument)
+	}
+	if err := w.send(&api.WriteContentRequest{Action: api.WriteAction_WRITE, Ref: w.ref, Offset: 0}); err != nil {
+		return err
+	}
+	w.offset = 0
+	return nil
+}
+
+// Commit makes the written bytes a blob labelled with labels, after the
+// store has checked that they are size bytes (when size > 0) digesting to
+// expected (when set). A size other than what was written, or a digest
+// mismatch, is the store's FailedPrecondition error and stores nothing
+// (the store drops the ingest); a blob already stored under the digest is
+// the store's AlreadyExists error, returned as it is. The writer is closed
+// afterwards either way.
+func (w *Writer) Commit(ctx context.Context, size int64, expected digest.Digest, labels map[string]string) error {
+	defer w.Close()
+	req := &api.WriteContentRequest{
+		Action: api.WriteAction_COMMIT, Ref: w.ref, Offset: w.offset,
+		Total: size, Labels: labels,
+	}
+	if expected != "" {
+		req.Expected = expected.String()
+	}
+	return w.send(req)
+}
+
+// Close ends the Write stream, once the store has let the ref go (so that
+// a writer opened right after may take it); after Commit it does nothing.
+// An uncommitted ingest may be left in the store under its ref, to be
+// resumed or garbage collected.
 func (w *Writer) Close() error {
 	w.once.Do(func() {
 		w.stream.CloseSend()
+		// The store ends the stream once its writer is closed.
+		for {
+			if _, err := w.stream.Recv(); err != nil {
+				break
+			}
+		}
 		w.cancel()
 	})
 	return nil

@@ -268,13 +268,16 @@ func checkStatusTimes(t *testing.T, ctx context.Context, s content.Store, o Opti
 		upd.to = time.Now()
 		st := w.Status()
 		checkTimes(t, "writer after a write", st, start, upd)
-		if st.Total != 256 || st.Expected != dgst || st.Ref != "times" {
-			t.Errorf("status %+v", st)
+		if st.Total != 256 || st.Ref != "times" {
+			t.Errorf("writer status %+v", st)
 		}
 		if st, err := s.Status(ctx, "times"); err != nil {
 			t.Fatal(err)
 		} else {
 			checkTimes(t, "store after a write", st, start, upd)
+			if st.Total != 256 || st.Expected != dgst || st.Offset != w.Status().Offset {
+				t.Errorf("store status %+v", st)
+			}
 		}
 	}
 	if err := w.Commit(ctx, 256, dgst, nil); err != nil {
