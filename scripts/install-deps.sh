@@ -7,14 +7,15 @@ set -euo pipefail
 # docker-registry serves test images; busybox-static is what the test and
 # demo images are built from; containerd brings ctr, the client we prove
 # compatibility with, and containerd-shim-runc-v2; docker-compose validates
-# compose.yaml; protobuf-compiler is protoc for `make proto`; iproute2 and
+# compose.yaml; protobuf-compiler is protoc for `make proto` and
+# libprotobuf-dev its well-known types (google/protobuf/*.proto); iproute2 and
 # tmux serve network and terminal tests; docker.io is Docker Engine, the
 # client that runs dockerd on Flotilla's socket; skopeo inspects what
 # Flotilla pushes to a registry.
 packages=(
 	ca-certificates git make gcc libc6-dev
 	runc redis-server docker-registry busybox-static containerd
-	docker-compose protobuf-compiler iproute2 tmux procps
+	docker-compose protobuf-compiler libprotobuf-dev iproute2 tmux procps
 	docker.io skopeo
 )
 

@@ -2,7 +2,6 @@ package namespaces
 
 import (
 	"context"
-	"errors"
 	"maps"
 	"path/filepath"
 	"strings"
@@ -68,8 +67,12 @@ func TestCreateGetListDelete(t *testing.T) {
 	if _, err := c.Delete(ctx, &api.DeleteNamespaceRequest{Name: "foo"}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := c.Get(ctx, &api.GetNamespaceRequest{Name: "foo"}); !errdefs.IsNotFound(err) {
-		t.Fatalf("get after delete: %v, want NotFound", err)
+	list, err = c.List(ctx, &api.ListNamespacesRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if names := namesOf(list.GetNamespaces()); names != "bar" {
+		t.Fatalf("list after delete = %s, want bar", names)
 	}
 
 	evs := rec.Take()
@@ -146,14 +149,14 @@ func TestErrors(t *testing.T) {
 				Labels: map[string]string{"k": strings.Repeat("v", metadata.MaxLabelSize)}}})
 			return err
 		}, errdefs.IsInvalidArgument, "label"},
-		{"get of a missing namespace is NotFound", func() error {
-			_, err := c.Get(ctx, &api.GetNamespaceRequest{Name: "nothere"})
+		{"get with an invalid name is InvalidArgument", func() error {
+			_, err := c.Get(ctx, &api.GetNamespaceRequest{Name: "-bad"})
 			return err
-		}, errdefs.IsNotFound, "nothere"},
-		{"update of a missing namespace is NotFound", func() error {
-			_, err := c.Update(ctx, &api.UpdateNamespaceRequest{Namespace: &api.Namespace{Name: "nothere"}})
+		}, errdefs.IsInvalidArgument, "-bad"},
+		{"update with an invalid name is InvalidArgument", func() error {
+			_, err := c.Update(ctx, &api.UpdateNamespaceRequest{Namespace: &api.Namespace{Name: "-bad", Labels: map[string]string{"a": "b"}}})
 			return err
-		}, errdefs.IsNotFound, "nothere"},
+		}, errdefs.IsInvalidArgument, "-bad"},
 		{"delete of a missing namespace is NotFound", func() error {
 			_, err := c.Delete(ctx, &api.DeleteNamespaceRequest{Name: "nothere"})
 			return err
@@ -248,6 +251,70 @@ func TestUpdate(t *testing.T) {
 	}
 }
 
+// containerd's clients ask for their namespace before putting anything in
+// it (the Go client's New with a default namespace, dockerd) and set labels
+// on namespaces not yet created (its integration suite): both work.
+func TestNamespacesComeIntoBeingAsInContainerd(t *testing.T) {
+	t.Run("get of a namespace not yet created answers it with no labels and creates nothing", func(t *testing.T) {
+		c, _, rec := newClient(t)
+		resp, err := c.Get(context.Background(), &api.GetNamespaceRequest{Name: "moby"})
+		if err != nil {
+			t.Fatalf("get: %v", err)
+		}
+		if ns := resp.GetNamespace(); ns.GetName() != "moby" || len(ns.GetLabels()) != 0 {
+			t.Errorf("get answered %v, want moby with no labels", ns)
+		}
+		list, err := c.List(context.Background(), &api.ListNamespacesRequest{})
+		if err != nil || len(list.GetNamespaces()) != 0 {
+			t.Errorf("list after get = %v, %v; want none", list.GetNamespaces(), err)
+		}
+		if evs := rec.Take(); len(evs) != 0 {
+			t.Errorf("get published %v", evs)
+		}
+	})
+	for _, tc := range []struct {
+		name    string
+		labels  map[string]string
+		paths   []string
+		created bool
+		want    map[string]string
+	}{
+		{"update of one label creates the namespace", map[string]string{"k": "v"}, []string{"labels.k"}, true, map[string]string{"k": "v"}},
+		{"update replacing all labels creates the namespace", map[string]string{"k": "v"}, nil, true, map[string]string{"k": "v"}},
+		{"update deleting a label creates the namespace, as SetLabel does", nil, []string{"labels.k"}, true, map[string]string{}},
+		{"update replacing all labels by none creates nothing, as in containerd", nil, nil, false, map[string]string{}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, _, rec := newClient(t)
+			ctx := context.Background()
+			req := &api.UpdateNamespaceRequest{Namespace: &api.Namespace{Name: "testing", Labels: tc.labels}}
+			if tc.paths != nil {
+				req.UpdateMask = &fieldmaskpb.FieldMask{Paths: tc.paths}
+			}
+			if _, err := c.Update(ctx, req); err != nil {
+				t.Fatalf("update: %v", err)
+			}
+			got, err := c.Get(ctx, &api.GetNamespaceRequest{Name: "testing"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if labels := got.GetNamespace().GetLabels(); !maps.Equal(labels, tc.want) && len(labels)+len(tc.want) > 0 {
+				t.Errorf("labels %v, want %v", labels, tc.want)
+			}
+			list, err := c.List(ctx, &api.ListNamespacesRequest{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if listed := namesOf(list.GetNamespaces()) == "testing"; listed != tc.created {
+				t.Errorf("namespace listed = %v, want %v", listed, tc.created)
+			}
+			if evs := rec.Take(); len(evs) != 1 || evs[0].Topic != TopicUpdate {
+				t.Errorf("published %v, want one %s", evs, TopicUpdate)
+			}
+		})
+	}
+}
+
 func TestListFilter(t *testing.T) {
 	c, _, _ := newClient(t)
 	create(t, c, "prod", map[string]string{"tier": "prod", "team": "a"})
@@ -301,8 +368,9 @@ func TestStoreSurvivesReopen(t *testing.T) {
 	if err != nil || !maps.Equal(got.Labels, map[string]string{"a": "b"}) {
 		t.Fatalf("after reopen: %v, %v", got, err)
 	}
-	if _, err := s.Get("gone"); !errors.Is(err, errdefs.ErrNotFound) {
-		t.Fatalf("deleted namespace after reopen: %v", err)
+	list, err := s.List("")
+	if err != nil || len(list) != 1 || list[0].Name != "kept" {
+		t.Fatalf("list after reopen = %v, %v; want only kept", list, err)
 	}
 }
 

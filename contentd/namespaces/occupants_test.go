@@ -18,12 +18,17 @@ import (
 )
 
 // fakeOccupants answers Holds with fixed holdings or a fixed error, and
-// records the namespace its context carried.
+// records the namespace its context carried; Namespaces answers names and
+// namesErr.
 type fakeOccupants struct {
-	held  []string
-	err   error
-	asked []string
+	held     []string
+	err      error
+	asked    []string
+	names    []string
+	namesErr error
 }
+
+func (f *fakeOccupants) Namespaces(context.Context) ([]string, error) { return f.names, f.namesErr }
 
 func (f *fakeOccupants) Holds(ctx context.Context, ns string) ([]string, error) {
 	got, _ := namespace.FromContext(ctx)
@@ -97,26 +102,85 @@ func TestDeleteAsksOccupants(t *testing.T) {
 			if want := []string{"ns@ns"}; fmt.Sprint(tc.occupants.asked) != fmt.Sprint(want) {
 				t.Errorf("occupants asked %v, want %v (in the namespace being deleted)", tc.occupants.asked, want)
 			}
-			_, err = c.Get(ctx, &api.GetNamespaceRequest{Name: "ns"})
-			if exists := err == nil; exists != tc.wantExists {
-				t.Errorf("namespace exists = %v after delete (get: %v), want %v", exists, err, tc.wantExists)
+			list, err := c.List(ctx, &api.ListNamespacesRequest{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if exists := namesOf(list.GetNamespaces()) == "ns"; exists != tc.wantExists {
+				t.Errorf("namespace listed = %v after delete (list: %s), want %v", exists, namesOf(list.GetNamespaces()), tc.wantExists)
 			}
 		})
 	}
 }
 
-func TestDeleteOfMissingNamespaceIsNotFoundWithoutAskingOccupants(t *testing.T) {
-	db := testserver.OpenDB(t, filepath.Join(t.TempDir(), "meta.db"))
-	occ := &fakeOccupants{held: []string{"containers"}}
-	conn := testserver.Serve(t, func(s *grpc.Server) {
-		api.RegisterNamespacesServer(s, NewService(NewStore(db), occ, &testserver.Recorder{}, nil))
-	})
-	_, err := api.NewNamespacesClient(conn).Delete(context.Background(), &api.DeleteNamespaceRequest{Name: "nothere"})
-	if !errdefs.IsNotFound(err) {
-		t.Fatalf("delete: %v, want NotFound", err)
+func TestDeleteOfNamespaceUnknownToContentd(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		held    []string
+		is      func(error) bool
+		message string
+	}{
+		{"held by others only is FailedPrecondition naming what they hold", []string{"containers"},
+			errdefs.IsFailedPrecondition, `namespace "nothere" must be empty, but it still has containers`},
+		{"held by no one is NotFound", nil, errdefs.IsNotFound, `"nothere"`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			db := testserver.OpenDB(t, filepath.Join(t.TempDir(), "meta.db"))
+			occ := &fakeOccupants{held: tc.held}
+			conn := testserver.Serve(t, func(s *grpc.Server) {
+				api.RegisterNamespacesServer(s, NewService(NewStore(db), occ, &testserver.Recorder{}, nil))
+			})
+			_, err := api.NewNamespacesClient(conn).Delete(context.Background(), &api.DeleteNamespaceRequest{Name: "nothere"})
+			if !tc.is(err) {
+				t.Fatalf("delete: %v", err)
+			}
+			if !strings.Contains(err.Error(), tc.message) {
+				t.Errorf("error %q does not say %q", err, tc.message)
+			}
+		})
 	}
-	if len(occ.asked) != 0 {
-		t.Errorf("occupants asked %v about a missing namespace", occ.asked)
+}
+
+func TestListIncludesNamespacesHeldOnlyByOthers(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		occ      *fakeOccupants
+		filter   string
+		want     string
+		wantFail bool
+	}{
+		{"others' namespaces are merged with contentd's, sorted, once each",
+			&fakeOccupants{names: []string{"moby", "labelled", "zeta"}}, "", "alpha,labelled,moby,zeta", false},
+		{"the filter applies to others' namespaces too",
+			&fakeOccupants{names: []string{"moby", "zeta"}}, "name~=^[am]", "alpha,moby", false},
+		{"a label filter leaves out others' namespaces, which have no labels",
+			&fakeOccupants{names: []string{"moby"}}, "labels.team==a", "labelled", false},
+		{"a service that cannot answer leaves what the others said",
+			&fakeOccupants{names: []string{"moby"}, namesErr: fmt.Errorf("snapshotd: %w", errdefs.ErrUnavailable)}, "", "alpha,labelled,moby", false},
+		{"an invalid name from a peer is left out",
+			&fakeOccupants{names: []string{"-bad", "moby"}}, "", "alpha,labelled,moby", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			db := testserver.OpenDB(t, filepath.Join(t.TempDir(), "meta.db"))
+			conn := testserver.Serve(t, func(s *grpc.Server) {
+				api.RegisterNamespacesServer(s, NewService(NewStore(db), tc.occ, &testserver.Recorder{}, nil))
+			})
+			c := api.NewNamespacesClient(conn)
+			create(t, c, "alpha", nil)
+			create(t, c, "labelled", map[string]string{"team": "a"})
+			resp, err := c.List(context.Background(), &api.ListNamespacesRequest{Filter: tc.filter})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := namesOf(resp.GetNamespaces()); got != tc.want {
+				t.Errorf("list = %s, want %s", got, tc.want)
+			}
+			for _, ns := range resp.GetNamespaces() {
+				if ns.GetName() == "labelled" && ns.GetLabels()["team"] != "a" {
+					t.Errorf("contentd's labels lost when others hold the namespace too: %v", ns)
+				}
+			}
+		})
 	}
 }
 

@@ -13,6 +13,8 @@ import (
 	"google.golang.org/protobuf/types/known/emptypb"
 
 	"github.com/flotilla/flotilla/services/events"
+	"github.com/flotilla/flotilla/services/filters"
+	"github.com/flotilla/flotilla/services/identifiers"
 	"github.com/flotilla/flotilla/services/namespace"
 )
 
@@ -23,8 +25,9 @@ const (
 	TopicDelete = "/namespaces/delete"
 )
 
-// Occupants tells what other services still hold in a namespace: the
-// containers and snapshots kept outside contentd.
+// Occupants tells what other services hold in namespaces: the containers
+// and snapshots kept outside contentd. In containerd every resource's
+// namespace is a namespace, so these count as namespaces too.
 type Occupants interface {
 	// Holds names, as containerd words them ("containers", "snapshots"),
 	// the kinds of record still held in namespace ns, which ctx carries as
@@ -32,6 +35,10 @@ type Occupants interface {
 	// hold nothing there. An error means it could not be told — a service
 	// unreachable or failing — and names that service.
 	Holds(ctx context.Context, ns string) ([]string, error)
+	// Namespaces names every namespace in which the others hold a record.
+	// With an error it still returns what the services that did answer
+	// said; the error names those that did not.
+	Namespaces(ctx context.Context) ([]string, error)
 }
 
 // Service serves containerd's Namespaces API over a Store, publishing an
@@ -65,10 +72,39 @@ func (s *Service) Get(_ context.Context, req *api.GetNamespaceRequest) (*api.Get
 }
 
 // List implements api.NamespacesServer.
-func (s *Service) List(_ context.Context, req *api.ListNamespacesRequest) (*api.ListNamespacesResponse, error) {
+//
+// It lists contentd's namespaces and those in which only other services
+// hold records (with no labels, since labels live here). A service that
+// cannot say is logged and left out rather than failing the whole list:
+// tools walk namespaces to find workloads, and a partial list serves them
+// better than none.
+func (s *Service) List(ctx context.Context, req *api.ListNamespacesRequest) (*api.ListNamespacesResponse, error) {
+	filter, err := filters.Parse(req.GetFilter())
+	if err != nil {
+		return nil, err
+	}
 	list, err := s.store.List(req.GetFilter())
 	if err != nil {
 		return nil, err
+	}
+	if s.occupants != nil {
+		others, err := s.occupants.Namespaces(ctx)
+		if err != nil {
+			s.log.Warn("namespaces list may miss namespaces held outside contentd", "error", err)
+		}
+		known := make(map[string]bool, len(list))
+		for _, ns := range list {
+			known[ns.Name] = true
+		}
+		for _, name := range others {
+			ns := Namespace{Name: name, Labels: map[string]string{}}
+			if known[name] || identifiers.Validate(name) != nil || !filter.Match(adaptor(ns)) {
+				continue
+			}
+			known[name] = true
+			list = append(list, ns)
+		}
+		slices.SortFunc(list, func(a, b Namespace) int { return strings.Compare(a.Name, b.Name) })
 	}
 	resp := &api.ListNamespacesResponse{Namespaces: make([]*api.Namespace, 0, len(list))}
 	for _, ns := range list {
@@ -120,15 +156,19 @@ func (s *Service) Delete(ctx context.Context, req *api.DeleteNamespaceRequest) (
 	return &emptypb.Empty{}, nil
 }
 
-// checkOccupants fails unless namespace name exists and the services
-// behind s.occupants hold nothing in it. Its FailedPrecondition names
-// contentd's own holdings too, so the caller hears everything at once.
+// checkOccupants fails unless the services behind s.occupants hold nothing
+// in namespace name. Its FailedPrecondition names contentd's own holdings
+// too, so the caller hears everything at once. A namespace unknown to
+// contentd may still be held by the others (they made it, as in
+// containerd a container makes one): then it is FailedPrecondition too,
+// and NotFound only when no one holds anything there.
 func (s *Service) checkOccupants(ctx context.Context, name string) error {
 	if s.occupants == nil {
 		return nil
 	}
 	own, err := s.store.Holdings(name)
-	if err != nil {
+	missing := errdefs.IsNotFound(err)
+	if err != nil && !missing {
 		return err
 	}
 	others, err := s.occupants.Holds(namespace.WithNamespace(ctx, name), name)
@@ -142,6 +182,9 @@ func (s *Service) checkOccupants(ctx context.Context, name string) error {
 			name, err, errdefs.ErrUnavailable)
 	}
 	if len(others) == 0 {
+		if missing {
+			return fmt.Errorf("namespace %q: %w", name, errdefs.ErrNotFound)
+		}
 		return nil
 	}
 	held := slices.Compact(slices.Sorted(slices.Values(append(own, others...))))

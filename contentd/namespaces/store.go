@@ -22,18 +22,22 @@ type Namespace struct {
 }
 
 // Store keeps namespaces. Names follow containerd's identifier rules; a name
-// that breaks them is InvalidArgument in every method. A namespace also
-// comes into being when another store first writes into it.
+// that breaks them is InvalidArgument in every method. As in containerd, a
+// namespace comes into being with its first record: when another store
+// first writes into it, or when a label is set on it.
 type Store interface {
 	// Create creates namespace name with labels; AlreadyExists if it exists.
 	Create(name string, labels map[string]string) (Namespace, error)
-	// Get returns namespace name; NotFound if it does not exist.
+	// Get returns namespace name. One that does not exist (yet) is answered
+	// with no labels, as containerd answers it: clients ask for their
+	// namespace before they put anything in it.
 	Get(name string) (Namespace, error)
 	// List returns the namespaces matching filter (containerd's filter
 	// syntax over name and labels.KEY; empty matches all), sorted by name.
 	List(filter string) ([]Namespace, error)
-	// Update changes the labels of an existing namespace (NotFound
-	// otherwise) to those of ns. With no paths every label is replaced;
+	// Update changes the labels of namespace ns.Name to those of ns,
+	// creating the namespace when it does not exist and a label is set or
+	// deleted (containerd's SetLabel creates it). With no paths every label is replaced;
 	// path "labels" does the same; "labels.KEY" sets label KEY to its
 	// value in ns.Labels, or deletes it when that value is absent or empty.
 	// Any other path is InvalidArgument and nothing is changed.
@@ -86,13 +90,11 @@ func (s *BoltStore) Get(name string) (Namespace, error) {
 	if err := identifiers.Validate(name); err != nil {
 		return Namespace{}, fmt.Errorf("namespace: %w", err)
 	}
-	var out Namespace
+	out := Namespace{Name: name, Labels: map[string]string{}}
 	err := s.db.View(func(tx *bolt.Tx) error {
-		b := metadata.Namespace(tx, name)
-		if b == nil {
-			return fmt.Errorf("namespace %q: %w", name, errdefs.ErrNotFound)
+		if b := metadata.Namespace(tx, name); b != nil {
+			out = read(b, name)
 		}
-		out = read(b, name)
 		return nil
 	})
 	return out, err
@@ -125,13 +127,22 @@ func (s *BoltStore) Update(ns Namespace, paths ...string) (Namespace, error) {
 	if err := validate(ns.Name, ns.Labels); err != nil {
 		return Namespace{}, err
 	}
-	var out Namespace
+	out := Namespace{Name: ns.Name, Labels: map[string]string{}}
 	err := s.db.Update(func(tx *bolt.Tx) error {
-		b := metadata.Namespace(tx, ns.Name)
-		if b == nil {
-			return fmt.Errorf("namespace %q: %w", ns.Name, errdefs.ErrNotFound)
+		current := map[string]string{}
+		if b := metadata.Namespace(tx, ns.Name); b != nil {
+			current = read(b, ns.Name).Labels
 		}
-		labels, err := applyPaths(read(b, ns.Name).Labels, ns, paths)
+		labels, err := applyPaths(current, ns, paths)
+		if err != nil {
+			return err
+		}
+		if metadata.Namespace(tx, ns.Name) == nil && len(paths) == 0 && len(labels) == 0 {
+			// containerd writes nothing here either: a full replacement by
+			// no labels sets none, so no namespace comes into being.
+			return nil
+		}
+		b, _, err := metadata.CreateNamespace(tx, ns.Name)
 		if err != nil {
 			return err
 		}

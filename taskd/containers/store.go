@@ -331,3 +331,21 @@ func Fields(c *api.Container) filters.Adaptor {
 		return "", false
 	})
 }
+
+// Holdings names every namespace holding at least one container, for
+// Flotilla's Holdings API (package services/holdings): in containerd a
+// container's namespace is a namespace, so contentd lists these too.
+func (s *BoltStore) Holdings(context.Context) (map[string][]string, error) {
+	held := map[string][]string{}
+	err := s.db.View(func(tx *bolt.Tx) error {
+		return metadata.ForEachNamespace(tx, func(ns string, b *bolt.Bucket) error {
+			if c := b.Bucket(metadata.BucketContainers); c != nil {
+				if k, _ := c.Cursor().First(); k != nil {
+					held[ns] = []string{"containers"}
+				}
+			}
+			return nil
+		})
+	})
+	return held, err
+}

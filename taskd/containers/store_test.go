@@ -252,3 +252,22 @@ func TestDelete(t *testing.T) {
 		t.Fatalf("second delete: %v", err)
 	}
 }
+
+func TestHoldingsNamesNamespacesWithContainers(t *testing.T) {
+	s := newTestStore(t)
+	for _, ns := range []string{"kept", "emptied"} {
+		if _, err := s.Create(namespace.WithNamespace(context.Background(), ns), container("c")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.Delete(namespace.WithNamespace(context.Background(), "emptied"), "c"); err != nil {
+		t.Fatal(err)
+	}
+	held, err := s.Holdings(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(held) != 1 || !slices.Equal(held["kept"], []string{"containers"}) {
+		t.Errorf("holdings = %v, want only kept holding containers (a namespace whose containers are gone holds nothing)", held)
+	}
+}

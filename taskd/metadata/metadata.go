@@ -68,3 +68,14 @@ func CreateStoreBucket(tx *bolt.Tx, ns string, name []byte) (*bolt.Bucket, error
 	}
 	return b, nil
 }
+
+// ForEachNamespace calls fn with the name and bucket of every namespace.
+func ForEachNamespace(tx *bolt.Tx, fn func(ns string, b *bolt.Bucket) error) error {
+	root := tx.Bucket(bucketV1)
+	return root.ForEach(func(k, v []byte) error {
+		if v != nil {
+			return nil
+		}
+		return fn(string(k), root.Bucket(k))
+	})
+}

@@ -1,8 +1,9 @@
 // Package remote tells contentd's namespaces service what taskd and
-// snapshotd still hold in a namespace, by asking them over gRPC: taskd's
-// containers through containerd's Containers API, snapshotd's snapshots
-// through containerd's Snapshots API in every snapshotter its admin API
-// lists.
+// snapshotd hold, by asking them over gRPC: what they hold in one namespace
+// through containerd's own APIs (taskd's containers through the Containers
+// API, snapshotd's snapshots through the Snapshots API in every snapshotter
+// its admin API lists), and which namespaces they hold anything in through
+// Flotilla's Holdings API (flotilla.namespaces.v1).
 package remote
 
 import (
@@ -10,11 +11,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
+	"slices"
 
 	containersapi "github.com/containerd/containerd/api/services/containers/v1"
 	snapshotsapi "github.com/containerd/containerd/api/services/snapshots/v1"
 	"google.golang.org/grpc"
 
+	namespacesv1 "github.com/flotilla/flotilla/proto/namespaces/v1"
 	snapshotterv1 "github.com/flotilla/flotilla/proto/snapshotter/v1"
 	"github.com/flotilla/flotilla/services/dial"
 	"github.com/flotilla/flotilla/services/namespace"
@@ -26,6 +30,7 @@ type Occupants struct {
 	containers   containersapi.ContainersClient   // nil: taskd is not asked
 	snapshotters snapshotterv1.SnapshottersClient // nil: snapshotd is not asked
 	snapshots    snapshotsapi.SnapshotsClient
+	holdings     map[string]namespacesv1.HoldingsClient // by service name
 	conns        []*grpc.ClientConn
 }
 
@@ -37,7 +42,7 @@ func New(taskd, snapshotd string) (*Occupants, error) {
 	if taskd == "" && snapshotd == "" {
 		return nil, nil
 	}
-	o := &Occupants{}
+	o := &Occupants{holdings: map[string]namespacesv1.HoldingsClient{}}
 	if taskd != "" {
 		conn, err := dial.Dial(taskd)
 		if err != nil {
@@ -45,6 +50,7 @@ func New(taskd, snapshotd string) (*Occupants, error) {
 		}
 		o.conns = append(o.conns, conn)
 		o.containers = containersapi.NewContainersClient(conn)
+		o.holdings["taskd"] = namespacesv1.NewHoldingsClient(conn)
 	}
 	if snapshotd != "" {
 		conn, err := dial.Dial(snapshotd)
@@ -55,6 +61,7 @@ func New(taskd, snapshotd string) (*Occupants, error) {
 		o.conns = append(o.conns, conn)
 		o.snapshotters = snapshotterv1.NewSnapshottersClient(conn)
 		o.snapshots = snapshotsapi.NewSnapshotsClient(conn)
+		o.holdings["snapshotd"] = namespacesv1.NewHoldingsClient(conn)
 	}
 	return o, nil
 }
@@ -94,6 +101,25 @@ func (o *Occupants) Holds(ctx context.Context, ns string) ([]string, error) {
 		}
 	}
 	return held, nil
+}
+
+// Namespaces names, sorted, every namespace in which taskd or snapshotd
+// holds a record. A service that does not answer is named in the error;
+// the names the others gave are returned all the same.
+func (o *Occupants) Namespaces(ctx context.Context) ([]string, error) {
+	var names []string
+	var errs []error
+	for _, service := range slices.Sorted(maps.Keys(o.holdings)) {
+		resp, err := o.holdings[service].List(ctx, &namespacesv1.ListHoldingsRequest{})
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: list holdings: %w", service, err))
+			continue
+		}
+		for _, h := range resp.GetHoldings() {
+			names = append(names, h.GetNamespace())
+		}
+	}
+	return slices.Compact(slices.Sorted(slices.Values(names))), errors.Join(errs...)
 }
 
 // hasSnapshots reports whether any snapshotter has a snapshot in ctx's namespace.

@@ -16,6 +16,7 @@ import (
 	"github.com/flotilla/flotilla/services/config"
 	"github.com/flotilla/flotilla/services/daemon"
 	"github.com/flotilla/flotilla/services/dial"
+	"github.com/flotilla/flotilla/services/holdings"
 	"github.com/flotilla/flotilla/services/introspect"
 	"github.com/flotilla/flotilla/services/server"
 	"github.com/flotilla/flotilla/snapshotd/diff/content"
@@ -126,6 +127,7 @@ func setup(ctx context.Context, srv *server.Server, cfg *snapshotdConfig) (*host
 	grpcSrv := srv.GRPC()
 	service.New(h, publisher).Register(grpcSrv)
 	service.NewAdmin(h).Register(grpcSrv)
+	holdings.New(service.Holdings(h)).Register(grpcSrv)
 
 	layers := content.NewRemote(contentConn)
 	diffservice.New(layers, layers).Register(grpcSrv)

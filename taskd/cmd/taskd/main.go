@@ -21,6 +21,7 @@ import (
 	"github.com/flotilla/flotilla/services/config"
 	"github.com/flotilla/flotilla/services/daemon"
 	"github.com/flotilla/flotilla/services/dial"
+	"github.com/flotilla/flotilla/services/holdings"
 	"github.com/flotilla/flotilla/services/introspect"
 	"github.com/flotilla/flotilla/services/server"
 	"github.com/flotilla/flotilla/taskd/checkpoint"
@@ -148,6 +149,7 @@ func setup(ctx context.Context, srv *server.Server, cfg *taskdConfig) error {
 	containersapi.RegisterContainersServer(srv.GRPC(), containers.NewService(store, manager, publisher, log))
 	tasksapi.RegisterTasksServer(srv.GRPC(), tasks.NewService(store, manager, checkpoint.NewRemote(contentConn), log))
 	eventsapi.RegisterEventsServer(srv.GRPC(), forward.NewGRPC(manager))
+	holdings.New(store.Holdings).Register(srv.GRPC())
 	return nil
 }
 
