@@ -3,6 +3,7 @@ package imagekit
 import (
 	"archive/tar"
 	"bytes"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -154,6 +155,64 @@ func TestWriteArchiveHoldsTheLayoutFiles(t *testing.T) {
 	}
 	if want := len(busybox.Blobs) + len(layers.Blobs); len(visited) != want {
 		t.Errorf("archive holds %d blobs, want %d", len(visited), want)
+	}
+}
+
+func TestWriteDockerArchiveNamesEachImagesConfigAndLayers(t *testing.T) {
+	needBusybox(t)
+	busybox, err := BuildBusybox()
+	if err != nil {
+		t.Fatal(err)
+	}
+	layers, err := BuildLayers()
+	if err != nil {
+		t.Fatal(err)
+	}
+	images := map[string]*Image{"flotilla/busybox:1": busybox, "flotilla/layers:1": layers}
+	var buf bytes.Buffer
+	if err := WriteDockerArchive(&buf, images); err != nil {
+		t.Fatal(err)
+	}
+	files := map[string][]byte{}
+	tr := tar.NewReader(&buf)
+	for {
+		hdr, err := tr.Next()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		data, err := io.ReadAll(tr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		files[hdr.Name] = data
+	}
+	var manifest []dockerManifestEntry
+	if err := json.Unmarshal(files["manifest.json"], &manifest); err != nil {
+		t.Fatalf("manifest.json: %v", err)
+	}
+	if len(manifest) != 2 {
+		t.Fatalf("manifest.json has %d entries, want 2", len(manifest))
+	}
+	for _, e := range manifest {
+		if len(e.RepoTags) != 1 || images[e.RepoTags[0]] == nil {
+			t.Fatalf("entry tags %v name no image", e.RepoTags)
+		}
+		img := images[e.RepoTags[0]]
+		check := func(name string, want digest.Digest) {
+			if got := digest.FromBytes(files[name]); got != want {
+				t.Errorf("%s: %s holds %s, want %s", e.RepoTags[0], name, got, want)
+			}
+		}
+		check(e.Config, img.Config.Digest)
+		if len(e.Layers) != len(img.Layers) {
+			t.Fatalf("%s: %d layers, want %d", e.RepoTags[0], len(e.Layers), len(img.Layers))
+		}
+		for i, l := range img.Layers {
+			check(e.Layers[i], l.Descriptor.Digest)
+		}
 	}
 }
 

@@ -165,3 +165,80 @@ func (img *Image) WriteArchive(w io.Writer, ref string) error {
 func (img *Image) WriteLayout(dir, ref string) error {
 	return WriteLayout(dir, map[string]*Image{ref: img})
 }
+
+// dockerManifestEntry is one image of the manifest.json of `docker save`'s format.
+type dockerManifestEntry struct {
+	Config   string
+	RepoTags []string
+	Layers   []string
+}
+
+// WriteDockerArchive writes images, keyed by reference, in the archive format of `docker save`,
+// which `docker load` of every Docker Engine version reads (20.10 reads no OCI archive): a
+// manifest.json naming each image's config and layers, which are stored as in an OCI archive
+// (blobs/sha256/…, compressed layers as built). Only an image's host-platform manifest is
+// written. Blobs are streamed, never held whole.
+func WriteDockerArchive(w io.Writer, images map[string]*Image) error {
+	var manifest []dockerManifestEntry
+	seen := map[digest.Digest]bool{}
+	var blobs []Blob
+	add := func(img *Image, d digest.Digest) error {
+		b, ok := img.Blob(d)
+		if !ok {
+			return fmt.Errorf("docker archive: blob %s is not in the image: %w", d, errdefs.ErrNotFound)
+		}
+		if !seen[d] {
+			seen[d] = true
+			blobs = append(blobs, b)
+		}
+		return nil
+	}
+	for _, ref := range slices.Sorted(maps.Keys(images)) {
+		if ref == "" {
+			return fmt.Errorf("docker archive: empty reference: %w", errdefs.ErrInvalidArgument)
+		}
+		img := images[ref]
+		entry := dockerManifestEntry{Config: blobPath(img.Config.Digest), RepoTags: []string{ref}}
+		if err := add(img, img.Config.Digest); err != nil {
+			return err
+		}
+		for _, l := range img.Layers {
+			if err := add(img, l.Descriptor.Digest); err != nil {
+				return err
+			}
+			entry.Layers = append(entry.Layers, blobPath(l.Descriptor.Digest))
+		}
+		manifest = append(manifest, entry)
+	}
+	data, err := json.Marshal(manifest)
+	if err != nil {
+		return fmt.Errorf("docker archive: %w", err)
+	}
+	tw := tar.NewWriter(w)
+	for _, d := range []string{"blobs/", "blobs/sha256/"} {
+		if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeDir, Name: d, Mode: 0o755, ModTime: created}); err != nil {
+			return fmt.Errorf("docker archive: %w", err)
+		}
+	}
+	for _, b := range blobs {
+		if err := archiveBlob(tw, b); err != nil {
+			return fmt.Errorf("docker archive: blob %s: %w", b.Descriptor.Digest, err)
+		}
+	}
+	if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: "manifest.json", Mode: 0o644, Size: int64(len(data)), ModTime: created}); err != nil {
+		return fmt.Errorf("docker archive: %w", err)
+	}
+	if _, err := tw.Write(data); err != nil {
+		return fmt.Errorf("docker archive: %w", err)
+	}
+	if err := tw.Close(); err != nil {
+		return fmt.Errorf("docker archive: %w", err)
+	}
+	return nil
+}
+
+// WriteDockerArchive writes the image alone under ref in `docker save`'s format; see
+// [WriteDockerArchive].
+func (img *Image) WriteDockerArchive(w io.Writer, ref string) error {
+	return WriteDockerArchive(w, map[string]*Image{ref: img})
+}
