@@ -6,7 +6,29 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 )
 
-// Metrics are eventd's own Prometheus metrics.
+// knownTopics are the topics containerd and Flotilla publish. Metrics are
+// labelled by them; any other topic, which a client chooses freely, counts
+// as "other", so no client can create series without bound.
+var knownTopics = map[string]bool{
+	"/containers/create": true, "/containers/update": true, "/containers/delete": true,
+	"/content/create": true, "/content/delete": true,
+	"/images/create": true, "/images/update": true, "/images/delete": true,
+	"/namespaces/create": true, "/namespaces/update": true, "/namespaces/delete": true,
+	"/snapshot/prepare": true, "/snapshot/commit": true, "/snapshot/remove": true,
+	"/tasks/create": true, "/tasks/start": true, "/tasks/delete": true, "/tasks/exit": true,
+	"/tasks/oom": true, "/tasks/exec-added": true, "/tasks/exec-started": true,
+	"/tasks/paused": true, "/tasks/resumed": true, "/tasks/checkpointed": true,
+}
+
+// topicLabel is the metrics label of topic: itself if known, else "other".
+func topicLabel(topic string) string {
+	if knownTopics[topic] {
+		return topic
+	}
+	return "other"
+}
+
+// Metrics are eventd's own Prometheus metrics, labelled by topicLabel.
 type Metrics struct {
 	// Published counts envelopes accepted by Publish and Forward, by topic.
 	Published *prometheus.CounterVec

@@ -70,7 +70,7 @@ func (s *Service) publish(ctx context.Context, env *types.Envelope) (*emptypb.Em
 	if err := s.bus.Publish(ctx, env); err != nil {
 		return nil, err
 	}
-	s.metrics.Published.WithLabelValues(env.Topic).Inc()
+	s.metrics.Published.WithLabelValues(topicLabel(env.Topic)).Inc()
 	return &emptypb.Empty{}, nil
 }
 
@@ -133,7 +133,7 @@ func (s *Service) Subscribe(req *api.SubscribeRequest, stream api.Events_Subscri
 			if err := stream.Send(env); err != nil {
 				return err
 			}
-			s.metrics.Delivered.WithLabelValues(env.Topic).Inc()
+			s.metrics.Delivered.WithLabelValues(topicLabel(env.Topic)).Inc()
 		}
 	}
 }

@@ -31,7 +31,7 @@ func Setup(cfg Config) func(context.Context, *server.Server) error {
 		log := srv.Logger()
 		opts := append([]bus.Option{
 			bus.WithLogger(log),
-			bus.WithDropHook(func(env *types.Envelope) { m.Dropped.WithLabelValues(env.Topic).Inc() }),
+			bus.WithDropHook(func(env *types.Envelope) { m.Dropped.WithLabelValues(topicLabel(env.Topic)).Inc() }),
 		}, cfg.BusOptions...)
 
 		var b bus.Bus

@@ -25,6 +25,9 @@ type Common struct {
 	State string `toml:"state"`
 	// MetricsAddress is the HTTP host:port serving Prometheus metrics; empty disables it.
 	MetricsAddress string `toml:"metrics_address"`
+	// Pprof serves Go's profiles at /debug/pprof/ on the metrics address,
+	// to loopback clients only; off by default.
+	Pprof bool `toml:"pprof"`
 	// LogLevel is one of debug, info, warn, error.
 	LogLevel string `toml:"log_level"`
 	// ShutdownTimeout bounds how long in-flight calls may run after SIGTERM.
@@ -61,6 +64,8 @@ func (c *Common) Register(fs *flag.FlagSet, name, summary string) {
 		"directory for runtime state such as sockets (default from $FLOTILLA_STATE)")
 	fs.StringVar(&c.MetricsAddress, "metrics-address", "",
 		"host:port to serve Prometheus metrics on at /metrics; empty disables")
+	fs.BoolVar(&c.Pprof, "pprof", false,
+		"serve Go's profiles at /debug/pprof/ on the metrics address, to loopback clients only")
 	fs.StringVar(&c.ConfigFile, "config", "",
 		"TOML file with settings; flags given on the command line override it")
 	fs.StringVar(&c.LogLevel, "log-level", "info", "log level: debug, info, warn or error")
