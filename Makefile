@@ -28,8 +28,8 @@ PROTOC_GEN_GO_GRPC := google.golang.org/grpc/cmd/protoc-gen-go-grpc@v1.6.2
 PROTOC_VERSION := 3.21.12
 TOOLS := $(CURDIR)/.tools
 
-# Built beside the daemons: the test-image kit's command, used by make demo and the tests.
-TEST_COMMANDS := ./integration/cmd/flotilla-testimage
+# Built beside the daemons for make demo and the tests: the test-image kit's command, a logger binary for binary:// log URIs.
+TEST_COMMANDS := ./integration/cmd/flotilla-testimage ./integration/cmd/flotilla-testlogger
 
 TEST_FLAGS ?= -count=1 -timeout 30m
 BENCH ?= .

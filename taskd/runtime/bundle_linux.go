@@ -89,7 +89,50 @@ func newBundle(state, ns, id string, config []byte) (*bundle, error) {
 		b.remove()
 		return nil, fmt.Errorf("bundle: write spec: %w", err)
 	}
+	if err := openToRemappedRoot(b.path, config); err != nil {
+		b.remove()
+		return nil, fmt.Errorf("bundle: %w", err)
+	}
 	return b, nil
+}
+
+// openToRemappedRoot lets a user-namespaced container's root reach its
+// rootfs through the bundle, as containerd does: with GID mappings the
+// bundle gets the host group that container GID 0 maps to, and mode 0710.
+func openToRemappedRoot(dir string, config []byte) error {
+	gid, ok, err := remappedRootGID(config)
+	if err != nil || !ok || gid == 0 {
+		return err
+	}
+	if err := os.Chown(dir, -1, int(gid)); err != nil {
+		return fmt.Errorf("give the bundle to the remapped root group %d: %w", gid, err)
+	}
+	if err := os.Chmod(dir, 0o710); err != nil {
+		return fmt.Errorf("bundle mode: %w", err)
+	}
+	return nil
+}
+
+// remappedRootGID is the host GID of container GID 0 in the spec's GID
+// mappings; ok is false without a mapping of GID 0.
+func remappedRootGID(config []byte) (gid uint32, ok bool, err error) {
+	var s struct {
+		Linux *struct {
+			GIDMappings []specs.LinuxIDMapping `json:"gidMappings"`
+		} `json:"linux"`
+	}
+	if err := json.Unmarshal(config, &s); err != nil {
+		return 0, false, fmt.Errorf("spec: %v: %w", err, errdefs.ErrInvalidArgument)
+	}
+	if s.Linux == nil {
+		return 0, false, nil
+	}
+	for _, m := range s.Linux.GIDMappings {
+		if m.ContainerID == 0 {
+			return m.HostID, true, nil
+		}
+	}
+	return 0, false, nil
 }
 
 func (b *bundle) file(name string) string { return filepath.Join(b.path, name) }

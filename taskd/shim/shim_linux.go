@@ -357,7 +357,7 @@ func deleteCommand(f flags) error {
 	if err != nil {
 		return err
 	}
-	rt := task.NewRuntime(f.bundle, opts, filepath.Join(StateDir(), "runc", f.namespace))
+	rt := task.NewRuntime(f.bundle, opts, filepath.Join(StateDir(), "runc"), f.namespace)
 	rt.PdeathSignal = 0
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()

@@ -278,3 +278,34 @@ func inotifyFile(path string) (*os.File, error) {
 	}
 	return os.NewFile(uintptr(fd), "oom-inotify"), nil
 }
+
+// Join moves process pid into the cgroup at path (absolute, as the runc
+// options' ShimCgroup gives it): the unified group on a v2 host; on a v1
+// host the group of that path in every controller hierarchy that has it.
+// A path that no hierarchy has is NotFound.
+func Join(path string, pid int) error {
+	if !filepath.IsAbs(path) {
+		return fmt.Errorf("cgroup %q: the path must be absolute: %w", path, errdefs.ErrInvalidArgument)
+	}
+	if Unified() {
+		m, err := cgroup2.Load(path)
+		if err != nil {
+			return fmt.Errorf("load cgroup %s: %w", path, notFound(err))
+		}
+		if err := m.AddProc(uint64(pid)); err != nil {
+			return fmt.Errorf("join cgroup %s: %w", path, notFound(err))
+		}
+		return nil
+	}
+	cg, err := cgroup1.Load(cgroup1.StaticPath(path))
+	if err != nil {
+		if errors.Is(err, cgroup1.ErrCgroupDeleted) {
+			err = fmt.Errorf("%w: %w", err, errdefs.ErrNotFound)
+		}
+		return fmt.Errorf("load cgroup %s: %w", path, notFound(err))
+	}
+	if err := cg.AddProc(uint64(pid)); err != nil {
+		return fmt.Errorf("join cgroup %s: %w", path, notFound(err))
+	}
+	return nil
+}

@@ -21,39 +21,54 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Stdio is what the client asked for: FIFO paths (any may be empty: that
-// stream is discarded, or closed for stdin) and whether the process wants a
-// terminal (then stderr is merged into the terminal and its path ignored).
+// Stdio is what the client asked for. Stdin is a FIFO path. Stdout is a
+// FIFO path (or a file's, appended to), a file:///path URI (both streams
+// appended to that file) or a binary:///path?args URI (both streams handed
+// to that logger binary); Stderr is a FIFO or file path, used only with a
+// path as Stdout. Any may be empty: that stream is discarded, or closed for
+// stdin. With a terminal, stderr is merged into it and Stderr ignored.
 type Stdio struct {
 	Stdin, Stdout, Stderr string
 	Terminal              bool
 }
 
-// Streams copies between the client's FIFOs and one process.
+// Owner is whose streams these are: the container and namespace a logger
+// binary is told, and the user and group given the process's ends of the
+// pipes (the runc options' IoUid and IoGid, for user namespaces).
+type Owner struct {
+	ContainerID, Namespace string
+	UID, GID               int
+}
+
+// Streams copies between the client's FIFOs (or log destination) and one
+// process.
 //
 // Use: Open; pass IO() (pipes) or ConsoleSocket() (terminal) to the runtime
 // call that starts the process; after that call returns, AfterStart; and
 // Close once the process has exited.
 type Streams struct {
 	stdio Stdio
+	owner Owner
 
 	pipes  runc.IO      // non-terminal
 	socket *runc.Socket // terminal, until AfterStart
-	cons   console.Console
-	master *os.File // non-blocking dup of the pty master, for copying
+	master *os.File     // non-blocking dup of the pty master, for copying
 
 	stdin   io.ReadCloser // the client's stdin FIFO
 	outputs sync.WaitGroup
 	closers []io.Closer
 
 	mu          sync.Mutex
+	cons        console.Console  // the pty, once received
+	size        *console.WinSize // asked for before the pty came
 	stdinClosed bool
 }
 
-// Open opens the client's FIFOs and prepares the process side. ctx bounds
-// the wait for the client to have its output FIFOs open for reading.
-func Open(ctx context.Context, s Stdio) (_ *Streams, err error) {
-	st := &Streams{stdio: s}
+// Open opens the client's stdin and output destinations and prepares the
+// process side. ctx bounds the wait for the client to have its output FIFOs
+// open for reading, or for a logger binary to be ready.
+func Open(ctx context.Context, s Stdio, o Owner) (_ *Streams, err error) {
+	st := &Streams{stdio: s, owner: o}
 	defer func() {
 		if err != nil {
 			st.Close()
@@ -77,7 +92,7 @@ func Open(ctx context.Context, s Stdio) (_ *Streams, err error) {
 		st.socket = socket
 		return st, nil
 	}
-	pipes, err := runc.NewPipeIO(0, 0, func(o *runc.IOOption) {
+	pipes, err := runc.NewPipeIO(o.UID, o.GID, func(o *runc.IOOption) {
 		o.OpenStdin = s.Stdin != ""
 		o.OpenStdout = true
 		o.OpenStderr = true
@@ -88,21 +103,20 @@ func Open(ctx context.Context, s Stdio) (_ *Streams, err error) {
 	st.pipes = pipes
 	st.closers = append(st.closers, pipes)
 
-	stdout, err := openWriter(ctx, s.Stdout)
+	out, err := openOutput(ctx, s, o)
 	if err != nil {
 		return nil, err
 	}
-	stderr := stdout
-	if s.Stderr != s.Stdout {
-		if stderr, err = openWriter(ctx, s.Stderr); err != nil {
-			stdout.Close()
-			return nil, err
-		}
+	st.closers = append(st.closers, out.closers...)
+	var shared sync.WaitGroup // a destination of both streams closes after both
+	if out.stderr == out.stdout {
+		shared.Add(2)
+		st.copyOut(pipes.Stdout(), out.stdout, &shared)
+		st.copyOut(pipes.Stderr(), out.stdout, &shared)
+	} else {
+		st.copyOut(pipes.Stdout(), out.stdout, nil)
+		st.copyOut(pipes.Stderr(), out.stderr, nil)
 	}
-	var shared sync.WaitGroup // a FIFO used for both streams closes after both
-	shared.Add(2)
-	st.copyOut(pipes.Stdout(), stdout, &shared)
-	st.copyOut(pipes.Stderr(), stderr, &shared)
 	if s.Stdin != "" {
 		go st.copyIn(pipes.Stdin())
 	}
@@ -116,24 +130,9 @@ func notFound(err error) error {
 	return err
 }
 
-// openWriter opens a client output FIFO; an empty path discards.
-func openWriter(ctx context.Context, path string) (io.WriteCloser, error) {
-	if path == "" {
-		return nopCloser{io.Discard}, nil
-	}
-	f, err := fifo.OpenFifo(ctx, path, unix.O_WRONLY, 0)
-	if err != nil {
-		return nil, fmt.Errorf("open output fifo %s: %w", path, notFound(err))
-	}
-	return f, nil
-}
-
-type nopCloser struct{ io.Writer }
-
-func (nopCloser) Close() error { return nil }
-
-// copyOut copies r to w until r ends. If the client goes away, the rest is
-// discarded so the process never blocks on a full pipe.
+// copyOut copies r to w until r ends, then closes w (when shared is not
+// nil, once every copy into w is done). If w fails, the rest is discarded
+// so the process never blocks on a full pipe.
 func (st *Streams) copyOut(r io.Reader, w io.WriteCloser, shared *sync.WaitGroup) {
 	st.outputs.Add(1)
 	go func() {
@@ -141,6 +140,10 @@ func (st *Streams) copyOut(r io.Reader, w io.WriteCloser, shared *sync.WaitGroup
 		buf := make([]byte, 32<<10)
 		if _, err := io.CopyBuffer(w, r, buf); err != nil && !isEOF(err) {
 			_, _ = io.CopyBuffer(io.Discard, r, buf)
+		}
+		if shared == nil {
+			w.Close()
+			return
 		}
 		shared.Done()
 		go func() {
@@ -198,8 +201,16 @@ func (st *Streams) AfterStart(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("receive pty master: %w", err)
 	}
-	st.cons = cons
 	st.closers = append(st.closers, cons)
+	st.mu.Lock()
+	st.cons = cons
+	size := st.size
+	st.mu.Unlock()
+	if size != nil {
+		if err := cons.Resize(*size); err != nil {
+			return fmt.Errorf("resize pty: %w", err)
+		}
+	}
 	fd, err := unix.Dup(int(cons.Fd()))
 	if err != nil {
 		return fmt.Errorf("dup pty master: %w", err)
@@ -212,26 +223,37 @@ func (st *Streams) AfterStart(ctx context.Context) error {
 	st.master = os.NewFile(uintptr(fd), "pty-master")
 	st.closers = append(st.closers, st.master)
 
-	stdout, err := openWriter(ctx, st.stdio.Stdout)
+	out, err := openOutput(ctx, st.stdio, st.owner)
 	if err != nil {
 		return err
 	}
-	var shared sync.WaitGroup
-	shared.Add(1)
-	st.copyOut(st.master, stdout, &shared)
+	st.closers = append(st.closers, out.closers...)
+	if out.stderr != out.stdout {
+		out.stderr.Close() // a terminal has no stderr
+	}
+	st.copyOut(st.master, out.stdout, nil)
 	if st.stdin != nil {
 		go st.copyIn(st.master)
 	}
 	return nil
 }
 
-// Resize sets the terminal's size. Without a terminal it fails with
-// FailedPrecondition.
+// Resize sets the terminal's size. Before the terminal exists (the runtime
+// has not started the process yet) the size is kept and set as soon as it
+// does. A process without a terminal has nothing to resize: as with
+// containerd's shim, that is not an error.
 func (st *Streams) Resize(width, height uint32) error {
-	if st.cons == nil {
-		return fmt.Errorf("process has no terminal: %w", errdefs.ErrFailedPrecondition)
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if !st.stdio.Terminal {
+		return nil
 	}
-	return st.cons.Resize(console.WinSize{Width: uint16(width), Height: uint16(height)})
+	ws := console.WinSize{Width: uint16(width), Height: uint16(height)}
+	if st.cons == nil {
+		st.size = &ws
+		return nil
+	}
+	return st.cons.Resize(ws)
 }
 
 // CloseStdin stops forwarding the client's stdin; without a terminal the

@@ -46,6 +46,7 @@ type process struct {
 	spec   *specs.Process // execs only
 
 	streams *stdio.Streams
+	ptySize *[2]uint32 // width, height asked for before streams existed
 	pid     int
 	status  tasktypes.Status // CREATED, RUNNING or STOPPED
 	started bool             // the start event was published

@@ -325,7 +325,7 @@ func (s *Service) Create(ctx context.Context, r *taskapi.CreateTaskRequest) (_ *
 		opts:    opts,
 		execs:   map[string]*process{},
 		ownPID:  hasOwnPIDNamespace(spec),
-		runtime: NewRuntime(r.GetBundle(), opts, filepath.Join(s.cfg.RuntimeRoot, s.cfg.Namespace)),
+		runtime: NewRuntime(r.GetBundle(), opts, s.cfg.RuntimeRoot, s.cfg.Namespace),
 	}
 	c.lifecycle.Lock()
 	defer c.lifecycle.Unlock()
@@ -347,6 +347,13 @@ func (s *Service) Create(ctx context.Context, r *taskapi.CreateTaskRequest) (_ *
 	if err := writeOptions(c.bundle, opts); err != nil {
 		return nil, err
 	}
+	if path := opts.GetShimCgroup(); path != "" {
+		// As containerd's shim: the shim itself runs in the cgroup the
+		// options name (its later children, runc included, start there).
+		if err := cgroup.Join(path, os.Getpid()); err != nil {
+			return nil, fmt.Errorf("create %s: shim cgroup: %w", c.id, err)
+		}
+	}
 	if len(r.GetRootfs()) > 0 {
 		rootfs := filepath.Join(c.bundle, "rootfs")
 		if err := os.MkdirAll(rootfs, 0o711); err != nil {
@@ -365,7 +372,7 @@ func (s *Service) Create(ctx context.Context, r *taskapi.CreateTaskRequest) (_ *
 
 	sio := stdio.Stdio{Stdin: r.GetStdin(), Stdout: r.GetStdout(), Stderr: r.GetStderr(), Terminal: r.GetTerminal()}
 	p := newProcess(c, "", sio)
-	streams, err := stdio.Open(ctx, sio)
+	streams, err := stdio.Open(ctx, sio, s.owner(c))
 	if err != nil {
 		return nil, fmt.Errorf("stdio of %s: %w", c.id, err)
 	}
@@ -442,6 +449,17 @@ func (s *Service) Create(ctx context.Context, r *taskapi.CreateTaskRequest) (_ *
 	return &taskapi.CreateTaskResponse{Pid: uint32(pid)}, nil
 }
 
+// owner is whose streams a process of c has: a logger binary is told the
+// container and namespace; the pipes go to the options' IoUid and IoGid.
+func (s *Service) owner(c *container) stdio.Owner {
+	return stdio.Owner{
+		ContainerID: c.id,
+		Namespace:   s.cfg.Namespace,
+		UID:         int(c.opts.GetIoUid()),
+		GID:         int(c.opts.GetIoGid()),
+	}
+}
+
 func (s *Service) watchOOM(c *container, pid int) {
 	dir, err := cgroup.MemoryDir(pid)
 	if err == nil {
@@ -460,9 +478,11 @@ func (s *Service) watchOOM(c *container, pid int) {
 	}
 }
 
-// NewRuntime returns the go-runc client for a container: the options'
-// BinaryName (runc by default) with the options' Root, or defaultRoot.
-func NewRuntime(bundle string, opts *options.Options, defaultRoot string) *runc.Runc {
+// NewRuntime returns the go-runc client for a container in namespace ns:
+// the options' BinaryName (runc by default) with the options' Root, or
+// defaultRoot, and ns appended to it, as containerd's shim does (so
+// `runc --root <root>/<ns> list` lists the namespace's containers).
+func NewRuntime(bundle string, opts *options.Options, defaultRoot, ns string) *runc.Runc {
 	bin := opts.GetBinaryName()
 	if bin == "" {
 		bin = DefaultRuntime
@@ -473,7 +493,7 @@ func NewRuntime(bundle string, opts *options.Options, defaultRoot string) *runc.
 	}
 	return &runc.Runc{
 		Command:       bin,
-		Root:          root,
+		Root:          filepath.Join(root, ns),
 		Log:           filepath.Join(bundle, RuntimeLog),
 		LogFormat:     runc.JSON,
 		PdeathSignal:  unix.SIGKILL, // a runtime call dies with the shim
@@ -690,9 +710,18 @@ func (s *Service) startExec(ctx context.Context, c *container, p *process) (*tas
 }
 
 func (s *Service) runExec(ctx context.Context, c *container, p *process) (int, error) {
-	streams, err := stdio.Open(ctx, p.stdio)
+	streams, err := stdio.Open(ctx, p.stdio, s.owner(c))
 	if err != nil {
 		return 0, fmt.Errorf("stdio of exec %s: %w", p.execID, err)
+	}
+	// From here ResizePty goes to the streams, which keep the size until
+	// the pty comes; one asked for earlier is handed over.
+	s.mu.Lock()
+	p.streams = streams
+	size := p.ptySize
+	s.mu.Unlock()
+	if size != nil {
+		_ = streams.Resize(size[0], size[1])
 	}
 	pidFile := filepath.Join(c.bundle, p.execID+".pid")
 	defer os.Remove(pidFile)
@@ -715,9 +744,6 @@ func (s *Service) runExec(ctx context.Context, c *container, p *process) (int, e
 		streams.Close()
 		return 0, err
 	}
-	s.mu.Lock()
-	p.streams = streams
-	s.mu.Unlock()
 	return pid, nil
 }
 
@@ -853,6 +879,9 @@ func (s *Service) Exec(ctx context.Context, r *taskapi.ExecProcessRequest) (*emp
 		return nil, fmt.Errorf("exec %q in %s: %w", r.GetExecID(), c.id, errdefs.ErrAlreadyExists)
 	}
 	p := newProcess(c, r.GetExecID(), stdio.Stdio{Stdin: r.GetStdin(), Stdout: r.GetStdout(), Stderr: r.GetStderr(), Terminal: r.GetTerminal()})
+	// The request's terminal flag decides, not the spec's: clients (and
+	// containerd's tests) exec with a TTY in a container created without.
+	spec.Terminal = r.GetTerminal()
 	p.spec = &spec
 	c.execs[p.execID] = p
 	s.publish("/tasks/exec-added", &eventstypes.TaskExecAdded{ContainerID: c.id, ExecID: p.execID})
@@ -1076,17 +1105,26 @@ func (s *Service) Checkpoint(ctx context.Context, r *taskapi.CheckpointTaskReque
 	return &emptypb.Empty{}, nil
 }
 
-// ResizePty resizes a process's terminal.
+// ResizePty resizes a process's terminal. An exec not started yet gets the
+// size as soon as its terminal exists (clients such as nerdctl resize
+// before they start); a process without a terminal has nothing to resize,
+// which is not an error (as in containerd's shim).
 func (s *Service) ResizePty(ctx context.Context, r *taskapi.ResizePtyRequest) (*emptypb.Empty, error) {
 	_, p, err := s.process(r.GetID(), r.GetExecID())
 	if err != nil {
 		return nil, err
 	}
+	if p.isStopped() {
+		return nil, fmt.Errorf("resize %s: process has exited: %w", p.id(), errdefs.ErrFailedPrecondition)
+	}
 	s.mu.Lock()
 	streams := p.streams
+	if streams == nil {
+		p.ptySize = &[2]uint32{r.GetWidth(), r.GetHeight()}
+	}
 	s.mu.Unlock()
 	if streams == nil {
-		return nil, fmt.Errorf("resize %s: process not started: %w", p.id(), errdefs.ErrFailedPrecondition)
+		return &emptypb.Empty{}, nil
 	}
 	if err := streams.Resize(r.GetWidth(), r.GetHeight()); err != nil {
 		return nil, fmt.Errorf("resize %s: %w", p.id(), err)
