@@ -122,6 +122,10 @@ func (s *Snapshotter) create(kind snapshotter.Kind, key, parent string, opts []s
 		if err := s.MakeDir(snap.ID); err != nil {
 			return err
 		}
+		if err := ownLikeParent(s.FS(snap.ID), snap.ParentIDs, s.FS); err != nil {
+			os.RemoveAll(s.Dir(snap.ID))
+			return err
+		}
 		if kind == snapshotter.KindActive {
 			if err := os.Mkdir(filepath.Join(s.Dir(snap.ID), "work"), 0o700); err != nil {
 				os.RemoveAll(s.Dir(snap.ID))
@@ -134,6 +138,24 @@ func (s *Snapshotter) create(kind snapshotter.Kind, key, parent string, opts []s
 		return nil, err
 	}
 	return s.mounts(snap), nil
+}
+
+// ownLikeParent gives a new snapshot's upper directory the owner of its
+// parent's, as containerd's overlay snapshotter does: the root of the
+// overlay is the upper directory, so over a remapped (chowned) parent a
+// user-namespaced container's root owns its "/" and can create in it.
+func ownLikeParent(upper string, parentIDs []string, fs func(string) string) error {
+	if len(parentIDs) == 0 {
+		return nil
+	}
+	var st unix.Stat_t
+	if err := unix.Stat(fs(parentIDs[0]), &st); err != nil {
+		return fmt.Errorf("parent of %s: %w", upper, err)
+	}
+	if err := os.Lchown(upper, int(st.Uid), int(st.Gid)); err != nil {
+		return fmt.Errorf("own %s like its parent: %w", upper, err)
+	}
+	return nil
 }
 
 // mounts follows containerd's overlay layout: a snapshot without parents is
