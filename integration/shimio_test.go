@@ -466,6 +466,45 @@ func TestCtrRunWithLogURIs(t *testing.T) {
 				}
 			}
 		})
+		t.Run(tg.name+"/binary with a terminal", func(t *testing.T) {
+			// ctr has no way to ask for both; the Tasks API has.
+			dir := t.TempDir()
+			id := "logtty"
+			rootfs := busyboxRootfs(t, t.TempDir())
+			ctx, tasks := apiContainer(t, tg, ns, id, ociSpec(t, rootfs, true, "sh", "-c", script))
+			uri := "binary://" + logger + "?dir=" + dir
+			if _, err := tasks.Create(ctx, &tasksapi.CreateTaskRequest{ContainerID: id, Terminal: true, Stdout: uri, Stderr: uri}); err != nil {
+				t.Fatalf("%s: create: %v", tg.name, err)
+			}
+			if _, err := tasks.Start(ctx, &tasksapi.StartRequest{ContainerID: id}); err != nil {
+				t.Fatal(err)
+			}
+			wctx, cancel := context.WithTimeout(ctx, time.Minute)
+			defer cancel()
+			if _, err := tasks.Wait(wctx, &tasksapi.WaitRequest{ContainerID: id}); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := tasks.Delete(wctx, &tasksapi.DeleteTaskRequest{ContainerID: id}); err != nil {
+				t.Fatal(err)
+			}
+			data, err := os.ReadFile(filepath.Join(dir, ns+"-"+id+".stdout"))
+			if err != nil {
+				t.Fatalf("%s: the logger wrote no stdout: %v", tg.name, err)
+			}
+			// Both streams come through the terminal, each in order.
+			var out, errs strings.Builder
+			for _, line := range strings.SplitAfter(strings.ReplaceAll(string(data), "\r\n", "\n"), "\n") {
+				switch {
+				case strings.HasPrefix(line, "out "):
+					out.WriteString(line)
+				case strings.HasPrefix(line, "err "):
+					errs.WriteString(line)
+				}
+			}
+			if out.String() != lines("out") || errs.String() != lines("err") {
+				t.Fatalf("%s: the logger got %d bytes through the terminal:\n%s", tg.name, len(data), lastLines(string(data), 5))
+			}
+		})
 		t.Run(tg.name+"/file", func(t *testing.T) {
 			path := filepath.Join(t.TempDir(), "logs", "c.log")
 			tg.mustCtr(t, ns, "run", "--rm", "--log-uri", "file://"+path, ref, "logfile", "sh", "-c", script)
