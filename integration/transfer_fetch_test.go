@@ -139,7 +139,7 @@ func largestLayer(img *imagekit.Image) imagekit.Layer {
 
 func TestTransferConcurrentPullsFetchEachBlobOnce(t *testing.T) {
 	requireRootForMounts(t)
-	ctr2Path(t)
+	ctr2Bin(t)
 	reg := runRegistry(t)
 	s := startStack(t)
 	stopPluginsOnCleanup(t, s)
@@ -182,7 +182,7 @@ func isManifestBlob(mt string) bool {
 
 func TestTransferPullOfWrongBytesFailsAndLeavesNothing(t *testing.T) {
 	requireRootForMounts(t)
-	ctr2Path(t)
+	ctr2Bin(t)
 	reg := runRegistry(t)
 	s := startStack(t)
 	stopPluginsOnCleanup(t, s)
@@ -228,7 +228,7 @@ func TestTransferPullOfWrongBytesFailsAndLeavesNothing(t *testing.T) {
 
 func TestTransferPullFailsWhenTheRegistryStallsMidBlob(t *testing.T) {
 	requireRootForMounts(t)
-	ctr2Path(t)
+	ctr2Bin(t)
 	reg := runRegistry(t)
 	s := startStackWith(t, func(l *stack.Layout) {
 		if l.ExtraArgs == nil {
@@ -262,7 +262,7 @@ func TestTransferPullFailsWhenTheRegistryStallsMidBlob(t *testing.T) {
 
 func TestTransferPullResumesAfterTheRegistryStoppedMidBlob(t *testing.T) {
 	requireRootForMounts(t)
-	ctr2Path(t)
+	ctr2Bin(t)
 	reg := runRegistry(t)
 	s := startStack(t)
 	stopPluginsOnCleanup(t, s)

@@ -2,7 +2,6 @@ package integration
 
 import (
 	"context"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -12,29 +11,11 @@ import (
 	"github.com/flotilla/flotilla/integration/imagekit"
 )
 
-// ctr2Path is containerd 2.x's ctr: $CONTAINERD2_BIN/ctr, by default
-// /opt/containerd-2.4.2/bin/ctr (scripts/install-deps.sh builds it).
-func ctr2Path(t testing.TB) string {
-	t.Helper()
-	dir := os.Getenv("CONTAINERD2_BIN")
-	if dir == "" {
-		dir = "/opt/containerd-2.4.2/bin"
-	}
-	path := filepath.Join(dir, "ctr")
-	if _, err := os.Stat(path); err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("containerd 2.x ctr is required in CI: %v", err)
-		}
-		t.Skipf("containerd 2.x ctr not installed: %v", err)
-	}
-	return path
-}
-
 // Ctr2 runs containerd 2.x's ctr against the gateway in namespace ns and
 // returns its combined output.
 func (s *Stack) Ctr2(ns string, args ...string) (string, error) {
 	s.t.Helper()
-	path := ctr2Path(s.t)
+	path := ctr2Bin(s.t)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	all := append([]string{"--address", s.Socket, "--namespace", ns}, args...)
@@ -54,7 +35,7 @@ func (s *Stack) MustCtr2(ns string, args ...string) string {
 
 func TestTransferPullOfEveryImageUnpacksAndRuns(t *testing.T) {
 	requireRootForMounts(t)
-	ctr2Path(t)
+	ctr2Bin(t)
 	reg := imagekit.StartRegistry(t)
 	s := startStack(t)
 	stopPluginsOnCleanup(t, s)
@@ -105,7 +86,7 @@ func imageDigest(t *testing.T, s *Stack, ns, ref string) string {
 
 func TestTransferTagPushExportImportWorkAsOnContainerd(t *testing.T) {
 	requireRootForMounts(t)
-	ctr2Path(t)
+	ctr2Bin(t)
 	reg := imagekit.StartRegistry(t)
 	s := startStack(t)
 	stopPluginsOnCleanup(t, s)
