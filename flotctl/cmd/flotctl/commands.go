@@ -9,32 +9,54 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/flotilla/flotilla/flotctl/client"
 	"github.com/flotilla/flotilla/flotctl/stack"
-	"github.com/flotilla/flotilla/services/config"
-	"github.com/flotilla/flotilla/services/version"
 )
 
-func newRootCommand() *cobra.Command {
+// globals are the flags every command shares.
+type globals struct {
+	address   string
+	namespace string
+}
+
+func newRootCommand() (*cobra.Command, *globals) {
+	g := &globals{}
 	root := &cobra.Command{
-		Use:           "flotctl",
-		Short:         "Flotilla's command-line client",
-		Long:          "flotctl drives a Flotilla node: start and stop its stack and show its state.\nFor containerd's own commands, point ctr at the gateway: ctr --address $FLOTILLA_STATE/flotilla.sock ...",
+		Use:   "flotctl",
+		Short: "Flotilla's command-line client",
+		Long: "flotctl is the everyday client of a Flotilla node (or of any containerd): pull and run images,\n" +
+			"list and inspect what is there, start and stop the node's stack. It speaks containerd's gRPC API\n" +
+			"to --address, like ctr and nerdctl.",
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.PersistentFlags().String("address", filepath.Join(config.DefaultState(), "flotilla.sock"), "the gateway's socket")
-	root.AddCommand(newStackCommand(), newVersionCommand(), newSnapshottersCommand())
-	return root
+	root.PersistentFlags().StringVar(&g.address, "address", client.DefaultAddress(), "the containerd API socket: Flotilla's gateway ($CONTAINERD_ADDRESS, default $FLOTILLA_STATE/flotilla.sock)")
+	root.PersistentFlags().StringVarP(&g.namespace, "namespace", "n", client.DefaultNamespaceFromEnv(), "the containerd namespace ($CONTAINERD_NAMESPACE)")
+	root.AddCommand(newStackCommand(), newVersionCommand(g), newSnapshottersCommand(),
+		newImagesCommand(g), newNamespacesCommand(g), newRunCommand(g), newPsCommand(g),
+		newExecCommand(g), newLogsCommand(g), newKillCommand(g), newRmCommand(g), newEventsCommand(g),
+		newPullCommand(g), newPushCommand(g))
+	return root, g
 }
 
-func newVersionCommand() *cobra.Command {
-	return &cobra.Command{
-		Use:   "version",
-		Short: "Print flotctl's version",
-		Run: func(cmd *cobra.Command, _ []string) {
-			fmt.Fprintf(cmd.OutOrStdout(), "flotctl %s (%s)\n", version.Version, version.Revision)
-		},
+// client connects to --address in --namespace; the caller closes it.
+func (g *globals) client() (*client.Client, error) {
+	return client.New(g.address, g.namespace)
+}
+
+// withClient runs fn with a client, closed afterwards.
+func (g *globals) withClient(fn func(c *client.Client) error) error {
+	c, err := g.client()
+	if err != nil {
+		return err
 	}
+	defer c.Close()
+	return fn(c)
+}
+
+// addFormatFlag adds --format to cmd and returns where it lands.
+func addFormatFlag(cmd *cobra.Command) *string {
+	return cmd.Flags().String("format", "table", "table for people, json for scripts")
 }
 
 func newStackCommand() *cobra.Command {
