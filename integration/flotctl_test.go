@@ -244,6 +244,11 @@ func testLifecycle(t *testing.T, fc flotctlOn, ref string, detach bool) {
 			t.Fatal(err)
 		}
 		attachedOut.waitFor(t, regexp.MustCompile("started\n"))
+		// The process prints before Tasks.Start has answered flotctl;
+		// the task is listed as running once it has.
+		for deadline := time.Now().Add(10 * time.Second); fc.ps()[id].Status != "running" && time.Now().Before(deadline); {
+			time.Sleep(50 * time.Millisecond)
+		}
 	}
 	t.Cleanup(func() { fc.run(nil, "rm", "-f", id) })
 

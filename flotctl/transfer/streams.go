@@ -99,14 +99,11 @@ func sendReader(ctx context.Context, s *stream, r io.Reader) error {
 				recvDone <- err
 				return
 			}
-			var wu transfertypes.WindowUpdate
-			if typeurl.Is(a, &wu) {
-				if err := typeurl.UnmarshalTo(a, &wu); err == nil {
-					select {
-					case window <- wu.Update:
-					case <-ctx.Done():
-						return
-					}
+			if wu, ok := decode(a).(*transfertypes.WindowUpdate); ok {
+				select {
+				case window <- wu.Update:
+				case <-ctx.Done():
+					return
 				}
 			}
 		}
@@ -168,12 +165,9 @@ func receiveWriter(ctx context.Context, s *stream, w io.Writer) error {
 		if err != nil {
 			return err
 		}
-		var d transfertypes.Data
-		if !typeurl.Is(a, &d) {
+		d, ok := decode(a).(*transfertypes.Data)
+		if !ok {
 			return fmt.Errorf("export stream: unexpected %s", a.GetTypeUrl())
-		}
-		if err := typeurl.UnmarshalTo(a, &d); err != nil {
-			return err
 		}
 		if _, err := w.Write(d.Data); err != nil {
 			return err
@@ -189,4 +183,14 @@ func receiveWriter(ctx context.Context, s *stream, w io.Writer) error {
 			return ctx.Err()
 		}
 	}
+}
+
+// decode returns the message in a, or nil. It accepts a type URL with or
+// without the "type.googleapis.com/" prefix, as typeurl does.
+func decode(a *anypb.Any) any {
+	v, err := typeurl.UnmarshalAny(a)
+	if err != nil {
+		return nil
+	}
+	return v
 }

@@ -5,6 +5,7 @@
 package transfer
 
 import (
+	"archive/tar"
 	"context"
 	"errors"
 	"fmt"
@@ -158,6 +159,10 @@ func (c *Client) Import(ctx context.Context, r io.Reader, to Store, progress fun
 
 // Export writes the images from (its Name or ExtraReferences) as an OCI
 // archive to w; platforms limits it (empty: every platform).
+//
+// containerd's server does not end the export stream after the archive,
+// and its data and the Transfer answer travel on different streams, so the
+// end is found in the data itself: the tar's end-of-archive marker.
 func (c *Client) Export(ctx context.Context, from Store, w io.Writer, platforms []ocispec.Platform, progress func(Progress)) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -166,8 +171,15 @@ func (c *Client) Export(ctx context.Context, from Store, w io.Writer, platforms 
 	if err != nil {
 		return err
 	}
-	received := make(chan error, 1)
-	go func() { received <- receiveWriter(ctx, s, w) }()
+	pr, pw := io.Pipe()
+	go func() { pw.CloseWithError(receiveWriter(ctx, s, pw)) }()
+	archived := make(chan error, 1)
+	go func() {
+		err := copyTar(w, pr)
+		// Drain what may follow the marker so the receiver never blocks.
+		go io.Copy(io.Discard, pr)
+		archived <- err
+	}()
 	ies := &transfertypes.ImageExportStream{Stream: id, AllPlatforms: len(platforms) == 0}
 	for _, p := range platforms {
 		ies.Platforms = append(ies.Platforms, &types.Platform{OS: p.OS, Architecture: p.Architecture, Variant: p.Variant, OSVersion: p.OSVersion})
@@ -183,11 +195,34 @@ func (c *Client) Export(ctx context.Context, from Store, w io.Writer, platforms 
 	if err := c.do(ctx, src, dst, progress); err != nil {
 		return err
 	}
-	// The server closes the stream once everything is written.
-	if err := <-received; err != nil {
-		return fmt.Errorf("export stream: %w", err)
+	select {
+	case err := <-archived:
+		if err != nil {
+			return fmt.Errorf("export stream: %w", err)
+		}
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
 	}
-	return nil
+}
+
+// copyTar copies one tar archive from r to w, up to and including its
+// end-of-archive marker (two zero blocks, which tar.Reader reads both of
+// before it answers io.EOF), and returns there.
+func copyTar(w io.Writer, r io.Reader) error {
+	tr := tar.NewReader(io.TeeReader(r, w))
+	for {
+		_, err := tr.Next()
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if _, err := io.Copy(io.Discard, tr); err != nil {
+			return err
+		}
+	}
 }
 
 // do makes the Transfer call, with a progress stream when progress is set.
@@ -212,8 +247,7 @@ func (c *Client) do(ctx context.Context, src, dst *anypb.Any, progress func(Prog
 				if err != nil {
 					return
 				}
-				var p transfertypes.Progress
-				if typeurl.Is(a, &p) && typeurl.UnmarshalTo(a, &p) == nil {
+				if p, ok := decode(a).(*transfertypes.Progress); ok {
 					progress(Progress{Event: p.Event, Name: p.Name, Parents: p.Parents, Progress: p.Progress, Total: p.Total, Desc: p.Desc})
 				}
 			}
