@@ -111,7 +111,7 @@ func remove(ctx context.Context, c *client.Client, id string, force bool) error 
 	ct, err := c.Containers.Get(ctx, &containersapi.GetContainerRequest{ID: id})
 	if err != nil {
 		if errdefs.IsNotFound(err) {
-			return fmt.Errorf("no container %s (flotctl ps -a): %w", id, err)
+			return fmt.Errorf("no container %s (flotctl ps): %w", id, err)
 		}
 		return err
 	}

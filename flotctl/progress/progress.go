@@ -105,21 +105,15 @@ func ShortName(name string) string {
 	return name
 }
 
-// NewBars returns a display that draws bars on the terminal w.
+// NewBars returns a display that draws bars on the terminal w: one per
+// blob whose size is known, a total at the bottom, and the transfer's
+// status lines printed above them.
 func NewBars(w io.Writer, verb string) Display {
 	b := &bars{tally: newTally(), verb: verb, w: w}
 	b.p = mpb.New(mpb.WithOutput(w), mpb.WithWidth(40), mpb.WithRefreshRate(100*time.Millisecond))
 	b.totalBar = b.p.AddBar(0,
 		mpb.BarPriority(1<<30), // always last
-		mpb.PrependDecorators(decor.Any(func(decor.Statistics) string {
-			b.mu.Lock()
-			defer b.mu.Unlock()
-			s := b.status
-			if s == "" {
-				s = "total"
-			}
-			return fmt.Sprintf("%-32.32s", s)
-		})),
+		mpb.PrependDecorators(decor.Name(fmt.Sprintf("%-24s %-12s", "total", ""))),
 		mpb.AppendDecorators(decor.CountersKibiByte("% .1f / % .1f", decor.WCSyncWidth), decor.Name(" "), decor.AverageSpeed(decor.SizeB1024(0), "% .1f", decor.WCSyncWidth)),
 	)
 	return b
@@ -136,11 +130,20 @@ type bars struct {
 func (b *bars) Report(p transfer.Progress) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if p.Name == "" {
-		b.status = p.Event
+	it, ok := b.blobs[p.Name]
+	if p.Name == "" || (!ok && p.Total <= 0) {
+		// The transfer's status, or an item without bytes to count (the
+		// image itself): a line above the bars when it changes.
+		line := p.Event
+		if p.Name != "" {
+			line = ShortName(p.Name) + ": " + p.Event
+		}
+		if line != b.status {
+			b.status = line
+			fmt.Fprintln(b.p, line)
+		}
 		return
 	}
-	it, ok := b.blobs[p.Name]
 	if !ok {
 		it = &blob{name: p.Name}
 		it.event.Store("")
