@@ -2,6 +2,7 @@ package integration
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -116,4 +117,16 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
+}
+
+// exitCode is the exit code of a command that ran, or -1.
+func exitCode(err error) int {
+	var ee *exec.ExitError
+	switch {
+	case err == nil:
+		return 0
+	case errors.As(err, &ee):
+		return ee.ExitCode()
+	}
+	return -1
 }
