@@ -183,6 +183,25 @@ func TestFlotctlRunPrintsAndPropagatesExitCodes(t *testing.T) {
 			t.Errorf("ps after exit: %+v", row)
 		}
 	})
+	t.Run("--snapshotter native unpacks the image there first", func(t *testing.T) {
+		if r := fc.run(nil, "run", "--rm", "--snapshotter", "native", s.ref, "echo", "native-hi"); r.code != 0 || r.stdout != "native-hi\n" {
+			t.Fatalf("exit %d, stdout %q, stderr %q", r.code, r.stdout, r.stderr)
+		}
+		var got []struct {
+			ChainIDs []string `json:"chain_ids"`
+		}
+		if err := json.Unmarshal([]byte(fc.must("images", "inspect", s.ref)), &got); err != nil || len(got) != 1 {
+			t.Fatalf("inspect: %v", err)
+		}
+		top := got[0].ChainIDs[len(got[0].ChainIDs)-1]
+		if out := s.MustCtr(ns, "snapshots", "--snapshotter", "native", "ls"); !strings.Contains(out, top) {
+			t.Errorf("native has no snapshot %s:\n%s", top, out)
+		}
+		// A second run finds the chain there and unpacks nothing.
+		if r := fc.run(nil, "run", "--rm", "--snapshotter", "native", s.ref, "true"); r.code != 0 {
+			t.Errorf("second run: exit %d, stderr %q", r.code, r.stderr)
+		}
+	})
 	t.Run("a terminal with -t", func(t *testing.T) {
 		ptmx, tty := openPty(t, 30, 100)
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
