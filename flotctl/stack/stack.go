@@ -110,8 +110,12 @@ func (l Layout) Services() []Service {
 			for _, b := range Order[:len(Order)-1] {
 				s.Args = append(s.Args, "--"+b, l.socket(b))
 			}
-		case "snapshotd", "taskd":
+		case "snapshotd":
 			s.Args = append(s.Args, "--eventd", l.socket("eventd"), "--contentd", l.socket("contentd"))
+		case "taskd":
+			// snapshotd: root filesystems for the tasks its restart monitor creates.
+			s.Args = append(s.Args, "--eventd", l.socket("eventd"), "--contentd", l.socket("contentd"),
+				"--snapshotd", l.socket("snapshotd"))
 		case "contentd":
 			// Asked only when a namespace is deleted, so it does not
 			// matter that they start after contentd.

@@ -79,3 +79,15 @@ func ForEachNamespace(tx *bolt.Tx, fn func(ns string, b *bolt.Bucket) error) err
 		return fn(string(k), root.Bucket(k))
 	})
 }
+
+// Namespaces lists the namespaces that have a bucket, in order.
+func Namespaces(db *bolt.DB) ([]string, error) {
+	var out []string
+	err := db.View(func(tx *bolt.Tx) error {
+		return ForEachNamespace(tx, func(ns string, _ *bolt.Bucket) error {
+			out = append(out, ns)
+			return nil
+		})
+	})
+	return out, err
+}

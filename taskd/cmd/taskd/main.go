@@ -12,11 +12,14 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"time"
 
 	containersapi "github.com/containerd/containerd/api/services/containers/v1"
 	eventsapi "github.com/containerd/containerd/api/services/events/v1"
 	introspection "github.com/containerd/containerd/api/services/introspection/v1"
+	snapshotsapi "github.com/containerd/containerd/api/services/snapshots/v1"
 	tasksapi "github.com/containerd/containerd/api/services/tasks/v1"
+	"github.com/containerd/containerd/api/types"
 
 	"github.com/flotilla/flotilla/services/config"
 	"github.com/flotilla/flotilla/services/daemon"
@@ -28,6 +31,7 @@ import (
 	"github.com/flotilla/flotilla/taskd/containers"
 	"github.com/flotilla/flotilla/taskd/forward"
 	"github.com/flotilla/flotilla/taskd/metadata"
+	"github.com/flotilla/flotilla/taskd/restart"
 	"github.com/flotilla/flotilla/taskd/runtime"
 	"github.com/flotilla/flotilla/taskd/tasks"
 )
@@ -46,6 +50,12 @@ type taskdConfig struct {
 	// Contentd is the address of contentd (or of the gateway), where
 	// checkpoints are stored.
 	Contentd string `toml:"contentd"`
+	// Snapshotd is the address of snapshotd (or of the gateway), where the
+	// restart monitor finds a container's root filesystem.
+	Snapshotd string `toml:"snapshotd"`
+	// RestartInterval is how often the restart monitor looks at the
+	// containers labelled containerd.io/restart.status.
+	RestartInterval time.Duration `toml:"restart_interval"`
 	// Runtimes maps runtime names to shim binaries.
 	Runtimes map[string]runtimeConfig `toml:"runtimes"`
 }
@@ -75,6 +85,10 @@ func spec(cfg *taskdConfig) daemon.Spec {
 				"address of eventd or the gateway (unix socket or tcp://host:port) to publish events to; empty discards them")
 			fs.StringVar(&cfg.Contentd, "contentd", filepath.Join(config.DefaultState(), "contentd.sock"),
 				"address of contentd or the gateway (unix socket or tcp://host:port), where task checkpoints are stored")
+			fs.StringVar(&cfg.Snapshotd, "snapshotd", filepath.Join(config.DefaultState(), "snapshotd.sock"),
+				"address of snapshotd or the gateway (unix socket or tcp://host:port), where the restart monitor gets root filesystems")
+			fs.DurationVar(&cfg.RestartInterval, "restart-interval", restart.DefaultInterval,
+				"how often the restart monitor checks the containers labelled "+restart.StatusLabel)
 		},
 		Plugins: plugins,
 		Setup:   func(ctx context.Context, srv *server.Server) error { return setup(ctx, srv, cfg) },
@@ -87,6 +101,8 @@ func plugins(ctx context.Context) []*introspection.Plugin {
 	return append(list,
 		&introspection.Plugin{Type: "io.containerd.runtime.v2", ID: "task"},
 		&introspection.Plugin{Type: "io.containerd.runtime.v2", ID: runtime.RuncV2},
+		// containerd's restart monitor; clients look for it by id.
+		&introspection.Plugin{Type: "io.containerd.internal.v1", ID: "restart", Capabilities: restart.Capabilities},
 	)
 }
 
@@ -145,11 +161,39 @@ func setup(ctx context.Context, srv *server.Server, cfg *taskdConfig) error {
 	}
 	srv.OnStop(func() { contentConn.Close() })
 
+	snapshotConn, err := dial.Dial(cfg.Snapshotd)
+	if err != nil {
+		return fmt.Errorf("snapshotd: %w", err)
+	}
+	srv.OnStop(func() { snapshotConn.Close() })
+
 	store := containers.NewStore(db)
-	containersapi.RegisterContainersServer(srv.GRPC(), containers.NewService(store, manager, publisher, log))
-	tasksapi.RegisterTasksServer(srv.GRPC(), tasks.NewService(store, manager, checkpoint.NewRemote(contentConn), log))
+	containerService := containers.NewService(store, manager, publisher, log)
+	taskService := tasks.NewService(store, manager, checkpoint.NewRemote(contentConn), log)
+	containersapi.RegisterContainersServer(srv.GRPC(), containerService)
+	tasksapi.RegisterTasksServer(srv.GRPC(), taskService)
 	eventsapi.RegisterEventsServer(srv.GRPC(), forward.NewGRPC(manager))
 	holdings.New(store.Holdings).Register(srv.GRPC())
+
+	snapshots := snapshotsapi.NewSnapshotsClient(snapshotConn)
+	monitor := restart.New(restart.Config{
+		Namespaces: func(context.Context) ([]string, error) { return metadata.Namespaces(db) },
+		Containers: containerService,
+		Tasks:      taskService,
+		Mounts: func(ctx context.Context, snapshotter, key string) ([]*types.Mount, error) {
+			resp, err := snapshots.Mounts(ctx, &snapshotsapi.MountsRequest{Snapshotter: snapshotter, Key: key})
+			if err != nil {
+				return nil, err
+			}
+			return resp.GetMounts(), nil
+		},
+		Interval: cfg.RestartInterval,
+		Log:      log,
+	})
+	monitorCtx, stopMonitor := context.WithCancel(context.WithoutCancel(ctx))
+	done := make(chan struct{})
+	go func() { defer close(done); monitor.Run(monitorCtx) }()
+	srv.OnStop(func() { stopMonitor(); <-done })
 	return nil
 }
 
