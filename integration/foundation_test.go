@@ -20,6 +20,10 @@ import (
 	"github.com/flotilla/flotilla/flotctl/stack"
 )
 
+// TestCtrVersionShowsFlotilla checks that the version answered to
+// containerd's clients is a semver of the containerd API level Flotilla
+// serves (1.7.x), with Flotilla's own version and revision in its build
+// metadata, and the revision in full beside it.
 func TestCtrVersionShowsFlotilla(t *testing.T) {
 	s := startStack(t)
 	out := s.MustCtr("default", "version")
@@ -33,7 +37,23 @@ func TestCtrVersionShowsFlotilla(t *testing.T) {
 	if m == nil {
 		t.Fatalf("flotctl version = %q", want)
 	}
-	for _, line := range []string{"Version:  " + m[1], "Revision: " + m[2], "UUID: "} {
+	v := regexp.MustCompile(`(?m)^\s*Version:\s+(\S+)$`).FindStringSubmatch(server)
+	if v == nil {
+		t.Fatalf("ctr version shows no server version:\n%s", server)
+	}
+	// SemVer 2.0.0 with build metadata, as nerdctl's parser reads it.
+	semver := regexp.MustCompile(`^1\.7\.(0|[1-9]\d*)\+flotilla(\.[0-9A-Za-z-]+)+$`)
+	if !semver.MatchString(v[1]) {
+		t.Errorf("server version %q is not 1.7.x+flotilla.<version>.<revision>", v[1])
+	}
+	short := m[2]
+	if len(short) > 12 {
+		short = short[:12]
+	}
+	if !strings.HasSuffix(v[1], "+flotilla."+m[1]+"."+short) {
+		t.Errorf("server version %q does not carry flotctl's version %s and revision %s", v[1], m[1], short)
+	}
+	for _, line := range []string{"Revision: " + m[2], "UUID: "} {
 		if !strings.Contains(server, line) {
 			t.Errorf("ctr version's server part lacks %q:\n%s", line, server)
 		}

@@ -119,8 +119,8 @@ func TestVersion(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if resp.Version != version.Version || resp.Revision != version.Revision {
-		t.Errorf("got %s %s, want %s %s", resp.Version, resp.Revision, version.Version, version.Revision)
+	if resp.Version != version.Containerd() || resp.Revision != version.Revision {
+		t.Errorf("got %s %s, want %s %s", resp.Version, resp.Revision, version.Containerd(), version.Revision)
 	}
 }
 

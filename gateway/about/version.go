@@ -12,13 +12,14 @@ import (
 	"github.com/flotilla/flotilla/services/version"
 )
 
-// Version implements containerd's Version service with Flotilla's release
-// and git revision.
+// Version implements containerd's Version service: the containerd API level
+// Flotilla serves as a semver, Flotilla's release and revision in its build
+// metadata (version.Containerd), and Flotilla's git revision.
 type Version struct {
 	api.UnimplementedVersionServer
 }
 
-// Version answers the build's version and revision.
+// Version answers version.Containerd() and the build's revision.
 func (Version) Version(context.Context, *emptypb.Empty) (*api.VersionResponse, error) {
-	return &api.VersionResponse{Version: version.Version, Revision: version.Revision}, nil
+	return &api.VersionResponse{Version: version.Containerd(), Revision: version.Revision}, nil
 }

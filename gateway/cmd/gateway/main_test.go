@@ -67,7 +67,7 @@ func TestGatewayWithNoBackends(t *testing.T) {
 
 	t.Run("answers version itself", func(t *testing.T) {
 		resp, err := versionapi.NewVersionClient(conn).Version(ctx, &emptypb.Empty{})
-		if err != nil || resp.Version != version.Version {
+		if err != nil || resp.Version != version.Containerd() {
 			t.Fatalf("got %v, %v", resp, err)
 		}
 	})
