@@ -28,9 +28,9 @@ func TestCtrVersionShowsFlotilla(t *testing.T) {
 	s := startStack(t)
 	out := s.MustCtr("default", "version")
 	server := out[strings.Index(out, "Server:"):]
-	want, err := exec.Command(filepath.Join(binDir, "flotctl"), "version").Output()
+	want, err := exec.Command(filepath.Join(binDir, "flotctl"), "--address", s.Socket, "version").Output()
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("flotctl version: %v\n%s", err, want)
 	}
 	// flotctl prints "flotctl VERSION (REVISION)", built with the same flags as the gateway.
 	m := regexp.MustCompile(`flotctl (\S+) \((\S+)\)`).FindStringSubmatch(string(want))
@@ -57,6 +57,9 @@ func TestCtrVersionShowsFlotilla(t *testing.T) {
 		if !strings.Contains(server, line) {
 			t.Errorf("ctr version's server part lacks %q:\n%s", line, server)
 		}
+	}
+	if !strings.Contains(string(want), v[1]) {
+		t.Errorf("flotctl version does not show the server's version %s:\n%s", v[1], want)
 	}
 }
 
