@@ -7,27 +7,18 @@ import (
 	"strings"
 	"time"
 
-	"github.com/containerd/errdefs"
 	bolt "go.etcd.io/bbolt"
+
+	"github.com/flotilla/flotilla/services/labels"
 )
 
 // MaxLabelSize bounds a label's key and value together, as in containerd.
-const MaxLabelSize = 4096
+const MaxLabelSize = labels.MaxSize
 
-// ValidateLabels returns an InvalidArgument error naming the first label
-// whose key and value together exceed MaxLabelSize, or whose key is empty.
-func ValidateLabels(labels map[string]string) error {
-	for k, v := range labels {
-		if k == "" {
-			return fmt.Errorf("label key must not be empty: %w", errdefs.ErrInvalidArgument)
-		}
-		if n := len(k) + len(v); n > MaxLabelSize {
-			return fmt.Errorf("label %q: key and value are %d bytes, more than the %d allowed: %w",
-				k, n, MaxLabelSize, errdefs.ErrInvalidArgument)
-		}
-	}
-	return nil
-}
+// ValidateLabels checks labels with containerd's rules (services/labels):
+// InvalidArgument for an empty key, or a key, or key and value together,
+// over MaxLabelSize.
+func ValidateLabels(l map[string]string) error { return labels.ValidateAll(l) }
 
 // ReadLabels returns the key → value pairs of b; a nil bucket has none.
 func ReadLabels(b *bolt.Bucket) map[string]string {

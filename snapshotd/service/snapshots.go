@@ -18,6 +18,7 @@ import (
 
 	"github.com/flotilla/flotilla/services/events"
 	"github.com/flotilla/flotilla/services/filters"
+	"github.com/flotilla/flotilla/services/labels"
 	"github.com/flotilla/flotilla/services/namespace"
 	"github.com/flotilla/flotilla/snapshotd/sdk"
 	"github.com/flotilla/flotilla/snapshotd/snapshotter"
@@ -128,6 +129,31 @@ func requireKey(what, k string) error {
 	return nil
 }
 
+// MaxKeySize bounds a snapshot key or name, namespace included: backends
+// keep their records in bbolt, whose keys are at most 32 KiB.
+const MaxKeySize = 32 << 10
+
+// checkKeys refuses keys too long to store, with InvalidArgument and only
+// the start of the key quoted, instead of the store's "key too large"
+// (Unknown, the whole key in the message and the log).
+func (c call) checkKeys(keys ...string) error {
+	for _, k := range keys {
+		if n := len(c.key(k)); n > MaxKeySize {
+			return fmt.Errorf("snapshot key %s is too long: %d bytes with its namespace, more than the %d allowed: %w",
+				labels.Excerpt(k), n, MaxKeySize, errdefs.ErrInvalidArgument)
+		}
+	}
+	return nil
+}
+
+// checkRequest checks a request's keys and labels.
+func (c call) checkRequest(l map[string]string, keys ...string) error {
+	if err := c.checkKeys(keys...); err != nil {
+		return err
+	}
+	return labels.ValidateAll(l)
+}
+
 func withLabels(l map[string]string) []snapshotter.Opt {
 	if len(l) == 0 {
 		return nil
@@ -149,6 +175,9 @@ func (s *Snapshots) Prepare(ctx context.Context, req *snapshotsapi.PrepareSnapsh
 	if err := requireKey("key", req.Key); err != nil {
 		return nil, err
 	}
+	if err := c.checkRequest(req.Labels, req.Key, req.Parent); err != nil {
+		return nil, err
+	}
 	ms, err := c.sn.Prepare(ctx, c.key(req.Key), c.key(req.Parent), withLabels(req.Labels)...)
 	if err != nil {
 		return nil, c.err(err)
@@ -166,6 +195,9 @@ func (s *Snapshots) View(ctx context.Context, req *snapshotsapi.ViewSnapshotRequ
 	if err := requireKey("key", req.Key); err != nil {
 		return nil, err
 	}
+	if err := c.checkRequest(req.Labels, req.Key, req.Parent); err != nil {
+		return nil, err
+	}
 	ms, err := c.sn.View(ctx, c.key(req.Key), c.key(req.Parent), withLabels(req.Labels)...)
 	if err != nil {
 		return nil, c.err(err)
@@ -177,6 +209,9 @@ func (s *Snapshots) View(ctx context.Context, req *snapshotsapi.ViewSnapshotRequ
 func (s *Snapshots) Mounts(ctx context.Context, req *snapshotsapi.MountsRequest) (*snapshotsapi.MountsResponse, error) {
 	c, err := s.begin(ctx, req.Snapshotter)
 	if err != nil {
+		return nil, err
+	}
+	if err := c.checkKeys(req.Key); err != nil {
 		return nil, err
 	}
 	ms, err := c.sn.Mounts(ctx, c.key(req.Key))
@@ -195,6 +230,9 @@ func (s *Snapshots) Commit(ctx context.Context, req *snapshotsapi.CommitSnapshot
 	if err := requireKey("name", req.Name); err != nil {
 		return nil, err
 	}
+	if err := c.checkRequest(req.Labels, req.Name, req.Key); err != nil {
+		return nil, err
+	}
 	if err := c.sn.Commit(ctx, c.key(req.Name), c.key(req.Key), withLabels(req.Labels)...); err != nil {
 		return nil, c.err(err)
 	}
@@ -208,6 +246,9 @@ func (s *Snapshots) Remove(ctx context.Context, req *snapshotsapi.RemoveSnapshot
 	if err != nil {
 		return nil, err
 	}
+	if err := c.checkKeys(req.Key); err != nil {
+		return nil, err
+	}
 	if err := c.sn.Remove(ctx, c.key(req.Key)); err != nil {
 		return nil, c.err(err)
 	}
@@ -219,6 +260,9 @@ func (s *Snapshots) Remove(ctx context.Context, req *snapshotsapi.RemoveSnapshot
 func (s *Snapshots) Stat(ctx context.Context, req *snapshotsapi.StatSnapshotRequest) (*snapshotsapi.StatSnapshotResponse, error) {
 	c, err := s.begin(ctx, req.Snapshotter)
 	if err != nil {
+		return nil, err
+	}
+	if err := c.checkKeys(req.Key); err != nil {
 		return nil, err
 	}
 	in, err := c.sn.Stat(ctx, c.key(req.Key))
@@ -236,6 +280,9 @@ func (s *Snapshots) Update(ctx context.Context, req *snapshotsapi.UpdateSnapshot
 	}
 	if req.Info == nil || req.Info.Name == "" {
 		return nil, fmt.Errorf("update: snapshot name must not be empty: %w", errdefs.ErrInvalidArgument)
+	}
+	if err := c.checkRequest(req.Info.Labels, req.Info.Name); err != nil {
+		return nil, err
 	}
 	in := sdk.InfoFromProto(req.Info)
 	in.Name = c.key(in.Name)
@@ -290,6 +337,9 @@ func (s *Snapshots) List(req *snapshotsapi.ListSnapshotsRequest, stream snapshot
 func (s *Snapshots) Usage(ctx context.Context, req *snapshotsapi.UsageRequest) (*snapshotsapi.UsageResponse, error) {
 	c, err := s.begin(ctx, req.Snapshotter)
 	if err != nil {
+		return nil, err
+	}
+	if err := c.checkKeys(req.Key); err != nil {
 		return nil, err
 	}
 	u, err := c.sn.Usage(ctx, c.key(req.Key))

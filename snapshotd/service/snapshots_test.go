@@ -237,3 +237,66 @@ func TestRequests(t *testing.T) {
 }
 
 func containsStr(s, sub string) bool { return strings.Contains(s, sub) }
+
+func TestLimits(t *testing.T) {
+	c, _ := serve(t)
+	ctx := ns("default")
+	bigKey := strings.Repeat("k", 1<<20)
+	tests := []struct {
+		name string
+		call func() error
+	}{
+		{"prepare with an empty label key is InvalidArgument", func() error {
+			_, err := c.Prepare(ctx, &snapshotsapi.PrepareSnapshotRequest{Snapshotter: "native", Key: "a", Labels: map[string]string{"": "v"}})
+			return err
+		}},
+		{"prepare with a label key over 4096 bytes is InvalidArgument", func() error {
+			_, err := c.Prepare(ctx, &snapshotsapi.PrepareSnapshotRequest{Snapshotter: "native", Key: "b", Labels: map[string]string{strings.Repeat("k", 4097): ""}})
+			return err
+		}},
+		{"view with key and value over 4096 bytes is InvalidArgument", func() error {
+			_, err := c.View(ctx, &snapshotsapi.ViewSnapshotRequest{Snapshotter: "native", Key: "c", Labels: map[string]string{"k": strings.Repeat("v", 4096)}})
+			return err
+		}},
+		{"commit with an oversized label is InvalidArgument", func() error {
+			_, err := c.Commit(ctx, &snapshotsapi.CommitSnapshotRequest{Snapshotter: "native", Key: "held", Name: "n", Labels: map[string]string{"k": strings.Repeat("v", 5000)}})
+			return err
+		}},
+		{"update with an empty label key is InvalidArgument", func() error {
+			_, err := c.Update(ctx, &snapshotsapi.UpdateSnapshotRequest{Snapshotter: "native",
+				Info: &snapshotsapi.Info{Name: "held", Labels: map[string]string{"": "v"}}})
+			return err
+		}},
+		{"prepare with a 1 MiB key is InvalidArgument", func() error {
+			_, err := c.Prepare(ctx, &snapshotsapi.PrepareSnapshotRequest{Snapshotter: "native", Key: bigKey})
+			return err
+		}},
+		{"stat of a 1 MiB key is InvalidArgument", func() error {
+			_, err := c.Stat(ctx, &snapshotsapi.StatSnapshotRequest{Snapshotter: "native", Key: bigKey})
+			return err
+		}},
+		{"prepare with a 1 MiB parent is InvalidArgument", func() error {
+			_, err := c.Prepare(ctx, &snapshotsapi.PrepareSnapshotRequest{Snapshotter: "native", Key: "d", Parent: bigKey})
+			return err
+		}},
+	}
+	if _, err := c.Prepare(ctx, &snapshotsapi.PrepareSnapshotRequest{Snapshotter: "native", Key: "held"}); err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := tt.call()
+			if !errdefs.IsInvalidArgument(errgrpc.ToNative(err)) {
+				t.Fatalf("error %v, want InvalidArgument", err)
+			}
+			if n := len(err.Error()); n > 300 {
+				t.Errorf("error message is %d bytes: it echoes the key", n)
+			}
+		})
+	}
+	t.Run("nothing was created", func(t *testing.T) {
+		if got := list(t, c, ctx); len(got) != 1 || got[0] != "held<" {
+			t.Errorf("snapshots %v, want only held", got)
+		}
+	})
+}

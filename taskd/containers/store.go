@@ -19,12 +19,13 @@ import (
 
 	"github.com/flotilla/flotilla/services/filters"
 	"github.com/flotilla/flotilla/services/identifiers"
+	"github.com/flotilla/flotilla/services/labels"
 	"github.com/flotilla/flotilla/services/namespace"
 	"github.com/flotilla/flotilla/taskd/metadata"
 )
 
 // MaxLabelSize bounds a label's key and value together, as in containerd.
-const MaxLabelSize = 4096
+const MaxLabelSize = labels.MaxSize
 
 // Store keeps the container records of every namespace; each method works in
 // the namespace carried by ctx and fails with InvalidArgument without one.
@@ -195,10 +196,8 @@ func Validate(c *api.Container) error {
 	if err := identifiers.Validate(c.GetID()); err != nil {
 		return fmt.Errorf("container id: %w", err)
 	}
-	for k, v := range c.GetLabels() {
-		if len(k)+len(v) > MaxLabelSize {
-			return fmt.Errorf("container %q: label %q: key and value longer than %d bytes: %w", c.ID, k, MaxLabelSize, errdefs.ErrInvalidArgument)
-		}
+	if err := labels.ValidateAll(c.GetLabels()); err != nil {
+		return fmt.Errorf("container %q: %w", c.ID, err)
 	}
 	for k := range c.GetExtensions() {
 		if k == "" {

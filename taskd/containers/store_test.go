@@ -50,6 +50,8 @@ func TestCreateValidates(t *testing.T) {
 		{"no spec is InvalidArgument", container("nospec", func(c *api.Container) { c.Spec = nil }), errdefs.IsInvalidArgument},
 		{"a snapshot key without snapshotter is InvalidArgument", container("snap", func(c *api.Container) { c.SnapshotKey = "k" }), errdefs.IsInvalidArgument},
 		{"an oversized label is InvalidArgument", container("big", func(c *api.Container) { c.Labels = map[string]string{"k": string(make([]byte, 5000))} }), errdefs.IsInvalidArgument},
+		{"an empty label key is InvalidArgument", container("emptykey", func(c *api.Container) { c.Labels = map[string]string{"": "v"} }), errdefs.IsInvalidArgument},
+		{"a label key over 4096 bytes is InvalidArgument", container("bigkey", func(c *api.Container) { c.Labels = map[string]string{string(make([]byte, 4097)): ""} }), errdefs.IsInvalidArgument},
 		{"an empty extension key is InvalidArgument", container("ext", func(c *api.Container) { c.Extensions = map[string]*anypb.Any{"": specAny} }), errdefs.IsInvalidArgument},
 		{"a taken id is AlreadyExists", container("ok"), errdefs.IsAlreadyExists},
 	} {
