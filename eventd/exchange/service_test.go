@@ -30,7 +30,6 @@ func TestPublishAndForwardRejectBadInput(t *testing.T) {
 		ctx  context.Context
 		req  *api.PublishRequest
 	}{
-		{"publish without namespace", context.Background(), &api.PublishRequest{Topic: "/tasks/exit", Event: ev}},
 		{"publish with topic lacking its slash", ns, &api.PublishRequest{Topic: "tasks/exit", Event: ev}},
 		{"publish with empty topic component", ns, &api.PublishRequest{Topic: "/tasks//exit", Event: ev}},
 		{"publish without event", ns, &api.PublishRequest{Topic: "/tasks/exit"}},
@@ -42,6 +41,11 @@ func TestPublishAndForwardRejectBadInput(t *testing.T) {
 			}
 		})
 	}
+	t.Run("publish without namespace is FailedPrecondition", func(t *testing.T) {
+		if _, err := s.Publish(context.Background(), &api.PublishRequest{Topic: "/tasks/exit", Event: ev}); !errdefs.IsFailedPrecondition(err) {
+			t.Fatalf("Publish = %v, want FailedPrecondition", err)
+		}
+	})
 	forward := []struct {
 		name string
 		env  *types.Envelope

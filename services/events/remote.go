@@ -169,8 +169,8 @@ func (r *Remote) Register(reg prometheus.Registerer) error {
 // Publish queues event for eventd under topic, in the namespace carried by
 // ctx, and returns at once. event must be a protobuf message (such as those
 // of github.com/containerd/containerd/api/events) or an Any. Publish fails
-// with InvalidArgument when ctx has no namespace, the topic breaks
-// containerd's rules or the event is not a message; with ResourceExhausted
+// with FailedPrecondition when ctx has no namespace; with InvalidArgument
+// when the topic breaks containerd's rules or the event is not a message; with ResourceExhausted
 // when the queue is full (the event is dropped, counted and logged, so
 // callers may ignore the error); with FailedPrecondition after Close.
 func (r *Remote) Publish(ctx context.Context, topic string, event any) error {

@@ -223,7 +223,6 @@ func TestRemotePublishRejectsBadInput(t *testing.T) {
 		topic string
 		event any
 	}{
-		{"no namespace in context", context.Background(), "/tasks/exit", &apievents.TaskExit{}},
 		{"topic without leading slash", ns, "tasks/exit", &apievents.TaskExit{}},
 		{"nil event", ns, "/tasks/exit", nil},
 		{"event that is not a message and cannot be marshalled", ns, "/tasks/exit", func() {}},
@@ -234,4 +233,9 @@ func TestRemotePublishRejectsBadInput(t *testing.T) {
 			}
 		})
 	}
+	t.Run("no namespace in context is FailedPrecondition", func(t *testing.T) {
+		if err := r.Publish(context.Background(), "/tasks/exit", &apievents.TaskExit{}); !errdefs.IsFailedPrecondition(err) {
+			t.Fatalf("Publish = %v, want FailedPrecondition", err)
+		}
+	})
 }

@@ -35,12 +35,13 @@ func FromContext(ctx context.Context) (string, bool) {
 	return ns, ok && ns != ""
 }
 
-// Required returns the namespace carried by ctx, or an InvalidArgument error
-// when the call did not name one.
+// Required returns the namespace carried by ctx, or a FailedPrecondition
+// error when the call did not name one, as containerd's
+// namespaces.NamespaceRequired answers.
 func Required(ctx context.Context) (string, error) {
 	ns, ok := FromContext(ctx)
-	if !ok {
-		return "", fmt.Errorf("namespace is required (gRPC metadata %q): %w", MetadataKey, errdefs.ErrInvalidArgument)
+	if !ok || ns == "" {
+		return "", fmt.Errorf("namespace is required (gRPC metadata %q): %w", MetadataKey, errdefs.ErrFailedPrecondition)
 	}
 	return ns, nil
 }

@@ -36,8 +36,8 @@ func TestFromIncoming(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if _, err := Required(ctx); !errdefs.IsInvalidArgument(err) {
-			t.Fatalf("Required = %v, want InvalidArgument", err)
+		if _, err := Required(ctx); !errdefs.IsFailedPrecondition(err) {
+			t.Fatalf("Required = %v, want FailedPrecondition (as containerd's NamespaceRequired)", err)
 		}
 	})
 }

@@ -143,9 +143,9 @@ func TestServer(t *testing.T) {
 			t.Fatalf("err = %v, want InvalidArgument naming the namespace", err)
 		}
 	})
-	t.Run("missing namespace is InvalidArgument when required", func(t *testing.T) {
+	t.Run("missing namespace is FailedPrecondition when required", func(t *testing.T) {
 		_, err := ns.Get(context.Background(), &namespacesapi.GetNamespaceRequest{Name: "x"})
-		if status.Code(err) != codes.InvalidArgument {
+		if status.Code(err) != codes.FailedPrecondition {
 			t.Fatalf("err = %v", err)
 		}
 	})

@@ -61,8 +61,8 @@ func TestCreateValidates(t *testing.T) {
 			}
 		})
 	}
-	t.Run("no namespace is InvalidArgument", func(t *testing.T) {
-		if _, err := s.Create(context.Background(), container("x")); !errdefs.IsInvalidArgument(err) {
+	t.Run("no namespace is FailedPrecondition", func(t *testing.T) {
+		if _, err := s.Create(context.Background(), container("x")); !errdefs.IsFailedPrecondition(err) {
 			t.Fatalf("create: %v", err)
 		}
 	})

@@ -612,9 +612,9 @@ func TestIngestManagement(t *testing.T) {
 		_, err := e.s.Status(a, "layer-9")
 		wantKind(t, err, errdefs.ErrNotFound)
 	})
-	t.Run("a call without namespace is InvalidArgument", func(t *testing.T) {
+	t.Run("a call without namespace is FailedPrecondition", func(t *testing.T) {
 		_, err := e.s.Status(context.Background(), "layer-1")
-		wantKind(t, err, errdefs.ErrInvalidArgument)
+		wantKind(t, err, errdefs.ErrFailedPrecondition)
 	})
 	t.Run("a different total than the ingest started with is FailedPrecondition", func(t *testing.T) {
 		_, err := e.s.Writer(a, "layer-1", 11, "")

@@ -222,7 +222,7 @@ func TestServiceApply(t *testing.T) {
 		ns   string
 		is   func(error) bool
 	}{
-		{"a call without namespace is InvalidArgument", context.Background(), "test", errdefs.IsInvalidArgument},
+		{"a call without namespace is FailedPrecondition", context.Background(), "test", errdefs.IsFailedPrecondition},
 		{"a blob of another namespace is NotFound", f.ctx, "other", errdefs.IsNotFound},
 	} {
 		t.Run(c.name, func(t *testing.T) {
@@ -313,9 +313,9 @@ func TestServiceDiff(t *testing.T) {
 			t.Fatalf("trees differ:\n%s", d)
 		}
 	})
-	t.Run("a call without namespace is InvalidArgument", func(t *testing.T) {
+	t.Run("a call without namespace is FailedPrecondition", func(t *testing.T) {
 		_, err := f.client.Diff(context.Background(), &diffapi.DiffRequest{Left: bind(lower), Right: bind(upper)})
-		if !errdefs.IsInvalidArgument(err) {
+		if !errdefs.IsFailedPrecondition(err) {
 			t.Fatalf("Diff = %v", err)
 		}
 	})
