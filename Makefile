@@ -4,6 +4,7 @@
 #   make down    stop it gracefully
 #   make test    every test of every module
 #   make bench   the benchmarks
+#   make fuzz    each fuzz target for FUZZTIME (the relay, HPACK, the layer applier)
 #   make proto   regenerate proto/ with the pinned generators
 
 SHELL := /bin/bash
@@ -34,7 +35,7 @@ TEST_COMMANDS := ./integration/cmd/flotilla-testimage ./integration/cmd/flotilla
 TEST_FLAGS ?= -count=1 -timeout 30m
 BENCH ?= .
 
-.PHONY: all deps build up down demo test bench proto vet fmt clean
+.PHONY: all deps build up down demo test bench fuzz proto vet fmt clean
 
 all: build
 
@@ -64,6 +65,18 @@ test: deps build
 
 bench: build
 	FLOTILLA_BIN=$(BIN) $(GO) test -run '^$$' -bench '$(BENCH)' -benchmem $(foreach m,$(MODULES),./$(m)/...)
+
+# Code that parses a peer's bytes is fuzzed for a bounded time in CI; a
+# crasher goes into the package's testdata/fuzz as a seed once fixed.
+FUZZTIME ?= 20s
+FUZZ_TARGETS := gateway/relay:FuzzSession gateway/relay:FuzzHeaderBlock snapshotd/diff/archive:FuzzApply
+
+fuzz:
+	@set -e; for t in $(FUZZ_TARGETS); do \
+		pkg=$${t%%:*}; name=$${t##*:}; \
+		echo "fuzz $$name in ./$$pkg for $(FUZZTIME)"; \
+		$(GO) test -run '^$$' -fuzz "^$$name$$" -fuzztime $(FUZZTIME) ./$$pkg; \
+	done
 
 vet:
 	$(GO) vet $(foreach m,$(MODULES),./$(m)/...)

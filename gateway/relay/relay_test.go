@@ -48,7 +48,7 @@ type backend struct {
 	srv  *grpc.Server
 }
 
-func startBackend(t *testing.T, dir string, handler grpc.StreamHandler) *backend {
+func startBackend(t testing.TB, dir string, handler grpc.StreamHandler) *backend {
 	t.Helper()
 	b := &backend{addr: filepath.Join(dir, "backend.sock")}
 	l, err := net.Listen("unix", b.addr)

@@ -18,7 +18,7 @@ import (
 	lt "github.com/flotilla/flotilla/snapshotd/diff/internal/layertest"
 )
 
-func requireRoot(t *testing.T) {
+func requireRoot(t testing.TB) {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("needs root: ownership, device nodes, trusted xattrs and mounts")
