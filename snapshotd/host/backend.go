@@ -8,6 +8,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/containerd/errdefs"
@@ -123,8 +124,17 @@ func (b *backend) startLocked(ctx context.Context, path string) error {
 		return fmt.Errorf("%s did not start: %v: %w", path, err, errdefs.ErrFailedPrecondition)
 	}
 	b.mu.Lock()
-	b.path = path
+	removed := b.removed
+	if !removed {
+		b.path = path
+	}
 	b.mu.Unlock()
+	if removed {
+		// Removed, or snapshotd stopping, while the process started: it
+		// must not outlive what asked for it.
+		p.Stop()
+		return fmt.Errorf("snapshotter %s was removed while its process started: %w", b.name, errdefs.ErrUnavailable)
+	}
 	b.setInstance(p)
 	b.log.Info("snapshotter process started", "path", path, "pid", p.Pid())
 	return nil
@@ -143,10 +153,12 @@ func (b *backend) adopt(ctx context.Context, rc sdk.Reattach) error {
 	if err != nil {
 		// A process of ours that does not answer still holds the data:
 		// it must go before a new one can open it.
-		if sdk.Alive(rc.Pid) && isExecutable(rc.Pid, path) {
+		// Only if the pid still names that process: the kernel may have
+		// given it to another one since (sdk.Signal checks).
+		if sdk.Same(rc, path) {
 			b.log.Warn("killing unresponsive snapshotter process", "pid", rc.Pid)
-			if proc, ferr := os.FindProcess(rc.Pid); ferr == nil {
-				proc.Kill()
+			if kerr := sdk.Signal(rc, path, syscall.SIGKILL); kerr != nil {
+				b.log.Warn("unresponsive snapshotter process not killed", "pid", rc.Pid, "error", kerr)
 			}
 		}
 		return err
@@ -156,14 +168,14 @@ func (b *backend) adopt(ctx context.Context, rc sdk.Reattach) error {
 	return nil
 }
 
-func isExecutable(pid int, path string) bool {
-	exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid))
-	return err == nil && strings.TrimSuffix(exe, " (deleted)") == path
-}
-
 func (b *backend) setInstance(p *sdk.Process) {
 	inst := &instance{proc: p, started: time.Now(), quit: make(chan struct{})}
 	b.mu.Lock()
+	if b.removed {
+		b.mu.Unlock()
+		p.Stop()
+		return
+	}
 	b.inst = inst
 	b.state = StateRunning
 	b.lastErr = nil
@@ -210,6 +222,9 @@ func (b *backend) crashed(inst *instance) {
 		// Alive but not answering: it holds the data, so it must go.
 		inst.proc.Kill()
 	}
+	// Its connection and go-plugin's client would otherwise stay, with
+	// their goroutines, for every crash.
+	inst.proc.Release()
 	b.log.Warn("snapshotter process died; restarting it", "pid", inst.proc.Pid(), "ran", time.Since(inst.started).Round(time.Millisecond))
 	b.restartLoop(time.Since(inst.started) < stableAfter)
 }
@@ -227,13 +242,17 @@ func (b *backend) fail(err error) {
 // backend is removed. It runs once per backend at a time.
 func (b *backend) restartLoop(backoff bool) {
 	b.mu.Lock()
-	if b.restarting {
+	if b.restarting || b.removed {
 		b.mu.Unlock()
 		return
 	}
 	b.restarting = true
+	// Counted before b.mu is released: once markRemoved has run (under
+	// b.mu), no restart loop can start, so the host's wait covers all.
+	b.h.restarts.Add(1)
 	b.mu.Unlock()
 	go func() {
+		defer b.h.restarts.Done()
 		defer func() {
 			b.mu.Lock()
 			b.restarting = false
@@ -244,7 +263,11 @@ func (b *backend) restartLoop(backoff bool) {
 			wait = minBackoff
 		}
 		for {
-			time.Sleep(wait)
+			select {
+			case <-time.After(wait):
+			case <-b.h.stopping:
+				return
+			}
 			b.life.Lock()
 			b.mu.Lock()
 			done := b.removed || b.inst != nil
@@ -369,9 +392,12 @@ func (b *backend) acquire(ctx context.Context, deadline time.Time) (*instance, e
 	}
 }
 
-// call runs fn on the current process. A call that fails because the
-// process died is retried once on the process that replaces it.
-func (b *backend) call(ctx context.Context, fn func(s snapshotter.Snapshotter) error) error {
+// call runs fn on the current process. When the process died during the
+// call, a read (idempotent) is retried once on the process that replaces
+// it; a change (Prepare, View, Commit, Remove, Update) is not, since it may
+// have taken effect before the process died: it fails Unavailable, saying
+// so, and the caller looks before trying again.
+func (b *backend) call(ctx context.Context, idempotent bool, fn func(s snapshotter.Snapshotter) error) error {
 	deadline := time.Now().Add(b.h.opts.CallWait)
 	for attempt := 0; ; attempt++ {
 		inst, err := b.acquire(ctx, deadline)
@@ -392,6 +418,10 @@ func (b *backend) call(ctx context.Context, fn func(s snapshotter.Snapshotter) e
 			}
 		}
 		b.crashed(inst)
+		if !idempotent {
+			return fmt.Errorf("snapshotter %s: its process died during the call, which may or may not have taken effect: %v: %w",
+				b.name, err, errdefs.ErrUnavailable)
+		}
 	}
 }
 
@@ -442,48 +472,48 @@ func (b *backend) describe() Status {
 // The snapshotter.Snapshotter methods: each is a call on the current process.
 
 func (b *backend) Stat(ctx context.Context, key string) (info snapshotter.Info, err error) {
-	err = b.call(ctx, func(s snapshotter.Snapshotter) error { info, err = s.Stat(ctx, key); return err })
+	err = b.call(ctx, true, func(s snapshotter.Snapshotter) error { info, err = s.Stat(ctx, key); return err })
 	return info, err
 }
 
 func (b *backend) Update(ctx context.Context, in snapshotter.Info, fieldpaths ...string) (info snapshotter.Info, err error) {
-	err = b.call(ctx, func(s snapshotter.Snapshotter) error { info, err = s.Update(ctx, in, fieldpaths...); return err })
+	err = b.call(ctx, false, func(s snapshotter.Snapshotter) error { info, err = s.Update(ctx, in, fieldpaths...); return err })
 	return info, err
 }
 
 func (b *backend) Usage(ctx context.Context, key string) (u snapshotter.Usage, err error) {
-	err = b.call(ctx, func(s snapshotter.Snapshotter) error { u, err = s.Usage(ctx, key); return err })
+	err = b.call(ctx, true, func(s snapshotter.Snapshotter) error { u, err = s.Usage(ctx, key); return err })
 	return u, err
 }
 
 func (b *backend) Mounts(ctx context.Context, key string) (ms []snapshotter.Mount, err error) {
-	err = b.call(ctx, func(s snapshotter.Snapshotter) error { ms, err = s.Mounts(ctx, key); return err })
+	err = b.call(ctx, true, func(s snapshotter.Snapshotter) error { ms, err = s.Mounts(ctx, key); return err })
 	return ms, err
 }
 
 func (b *backend) Prepare(ctx context.Context, key, parent string, opts ...snapshotter.Opt) (ms []snapshotter.Mount, err error) {
-	err = b.call(ctx, func(s snapshotter.Snapshotter) error { ms, err = s.Prepare(ctx, key, parent, opts...); return err })
+	err = b.call(ctx, false, func(s snapshotter.Snapshotter) error { ms, err = s.Prepare(ctx, key, parent, opts...); return err })
 	return ms, err
 }
 
 func (b *backend) View(ctx context.Context, key, parent string, opts ...snapshotter.Opt) (ms []snapshotter.Mount, err error) {
-	err = b.call(ctx, func(s snapshotter.Snapshotter) error { ms, err = s.View(ctx, key, parent, opts...); return err })
+	err = b.call(ctx, false, func(s snapshotter.Snapshotter) error { ms, err = s.View(ctx, key, parent, opts...); return err })
 	return ms, err
 }
 
 func (b *backend) Commit(ctx context.Context, name, key string, opts ...snapshotter.Opt) error {
-	return b.call(ctx, func(s snapshotter.Snapshotter) error { return s.Commit(ctx, name, key, opts...) })
+	return b.call(ctx, false, func(s snapshotter.Snapshotter) error { return s.Commit(ctx, name, key, opts...) })
 }
 
 func (b *backend) Remove(ctx context.Context, key string) error {
-	return b.call(ctx, func(s snapshotter.Snapshotter) error { return s.Remove(ctx, key) })
+	return b.call(ctx, false, func(s snapshotter.Snapshotter) error { return s.Remove(ctx, key) })
 }
 
 // Walk retries only if the process died before fn saw any snapshot, so
 // that no snapshot is visited twice.
 func (b *backend) Walk(ctx context.Context, fn snapshotter.WalkFunc, filters ...string) error {
 	seen := false
-	return b.call(ctx, func(s snapshotter.Snapshotter) error {
+	return b.call(ctx, true, func(s snapshotter.Snapshotter) error {
 		if seen {
 			return fmt.Errorf("walk of snapshotter %s cut short: its process died: %w", b.name, errdefs.ErrUnavailable)
 		}

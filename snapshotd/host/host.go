@@ -80,6 +80,12 @@ type Host struct {
 	mu       sync.Mutex
 	backends map[string]*backend
 	closed   bool
+
+	// stopping is closed when Close or Shutdown begins: restart loops end.
+	stopping chan struct{}
+	// restarts counts the restart loops running, which Close and Shutdown
+	// wait for, so that no plugin starts once they have returned.
+	restarts sync.WaitGroup
 }
 
 // Open starts or adopts every saved backend (or the defaults, at first
@@ -98,7 +104,7 @@ func Open(ctx context.Context, opts Options) (*Host, error) {
 	if err := os.MkdirAll(filepath.Join(opts.Root, "snapshotters"), 0o700); err != nil {
 		return nil, fmt.Errorf("snapshotters: %w", err)
 	}
-	h := &Host{opts: opts, log: opts.Logger, backends: make(map[string]*backend)}
+	h := &Host{opts: opts, log: opts.Logger, backends: make(map[string]*backend), stopping: make(chan struct{})}
 	st, ok, err := loadState(opts.Root)
 	if err != nil {
 		return nil, err
@@ -351,36 +357,47 @@ func (h *Host) Remove(ctx context.Context, name string, force bool) error {
 // Close leaves every plugin process running and saves how to adopt them:
 // snapshotd is stopping, and the next one takes them over with their mounts.
 func (h *Host) Close() error {
+	bs := h.beginStop()
 	h.mu.Lock()
-	h.closed = true
-	bs := make([]*backend, 0, len(h.backends))
-	for _, b := range h.backends {
-		bs = append(bs, b)
-	}
 	err := h.saveLocked()
 	h.mu.Unlock()
 	for _, b := range bs {
 		b.detach()
 	}
+	// A restart under way stops the process it started (the backend is
+	// removed): none outlives snapshotd unrecorded.
+	h.restarts.Wait()
 	return err
+}
+
+// beginStop marks the host closed, ends the restart loops' waits and
+// returns the backends; once only.
+func (h *Host) beginStop() []*backend {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if !h.closed {
+		h.closed = true
+		close(h.stopping)
+	}
+	bs := make([]*backend, 0, len(h.backends))
+	for _, b := range h.backends {
+		bs = append(bs, b)
+	}
+	return bs
 }
 
 // Shutdown stops every plugin process (which unmounts nothing) and saves
 // the set of backends without processes to adopt: the next snapshotd
 // starts new ones on the same data.
 func (h *Host) Shutdown() error {
-	h.mu.Lock()
-	h.closed = true
-	bs := make([]*backend, 0, len(h.backends))
-	for _, b := range h.backends {
-		bs = append(bs, b)
-	}
-	h.mu.Unlock()
-	for _, b := range bs {
+	for _, b := range h.beginStop() {
 		if inst := b.markRemoved(); inst != nil {
 			inst.stop()
 		}
 	}
+	// A restart under way stops the process it started (the backend is
+	// removed), and Shutdown returns only once it has.
+	h.restarts.Wait()
 	return h.save()
 }
 

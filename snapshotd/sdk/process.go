@@ -36,6 +36,10 @@ type Reattach struct {
 	Address         string `json:"address"`
 	Pid             int    `json:"pid"`
 	ProtocolVersion int    `json:"protocol_version"`
+	// StartTime is when the process started (clock ticks since boot), so
+	// that a pid the kernel gave to another process since is not taken
+	// for the plugin's; 0 when not recorded (state of an older snapshotd).
+	StartTime uint64 `json:"start_time,omitempty"`
 }
 
 // Process is a running plugin and the snapshotter it serves.
@@ -83,8 +87,8 @@ func Attach(ctx context.Context, cfg Config, r Reattach) (*Process, error) {
 		}
 		addr = a
 	}
-	if !Alive(r.Pid) {
-		return nil, fmt.Errorf("attach plugin %s: process %d is gone", cfg.Path, r.Pid)
+	if !Same(r, cfg.Path) {
+		return nil, fmt.Errorf("attach plugin %s: process %d is gone (or is another process now)", cfg.Path, r.Pid)
 	}
 	client := plugin.NewClient(&plugin.ClientConfig{
 		HandshakeConfig:  Handshake,
@@ -123,11 +127,16 @@ func connect(ctx context.Context, client *plugin.Client) (*Process, error) {
 	if rc == nil || rc.Addr == nil {
 		return nil, errors.New("plugin has no address")
 	}
+	started, err := startTime(rc.Pid)
+	if err != nil {
+		return nil, fmt.Errorf("plugin %d: %w", rc.Pid, err)
+	}
 	p := &Process{client: client, snap: snap, rc: Reattach{
 		Network:         rc.Addr.Network(),
 		Address:         rc.Addr.String(),
 		Pid:             rc.Pid,
 		ProtocolVersion: client.NegotiatedVersion(),
+		StartTime:       started,
 	}}
 	if err := p.Ping(ctx); err != nil {
 		return nil, err
@@ -144,8 +153,9 @@ func (p *Process) Pid() int { return p.rc.Pid }
 // Reattach is what Attach needs to find the process again.
 func (p *Process) Reattach() Reattach { return p.rc }
 
-// Alive reports whether the process still runs.
-func (p *Process) Alive() bool { return Alive(p.rc.Pid) }
+// Alive reports whether the process still runs (and is still the plugin,
+// not another process given its pid).
+func (p *Process) Alive() bool { return Same(p.rc, "") }
 
 // Ping asks the plugin's gRPC health service whether it serves.
 func (p *Process) Ping(ctx context.Context) error {
@@ -166,11 +176,19 @@ func (p *Process) Ping(ctx context.Context) error {
 // it has not within two seconds. The plugin unmounts nothing.
 func (p *Process) Stop() {
 	p.client.Kill()
-	if Alive(p.rc.Pid) {
-		// A reattached client whose process ignored the request.
-		if proc, err := os.FindProcess(p.rc.Pid); err == nil {
-			proc.Kill()
-		}
+	// A reattached client whose process ignored the request.
+	Signal(p.rc, "", syscall.SIGKILL)
+	p.Release()
+}
+
+// Release frees what snapshotd holds for the process (its connection,
+// go-plugin's client) once the process is gone: a crashed plugin's.
+func (p *Process) Release() {
+	// The process is gone: Kill only cleans up after it, closing go-plugin's
+	// connection; ours, if it is another, goes too.
+	p.client.Kill()
+	if p.snap.conn != nil {
+		p.snap.conn.Close()
 	}
 }
 
@@ -206,9 +224,8 @@ func logger(l hclog.Logger) hclog.Logger {
 	return hclog.NewNullLogger()
 }
 
-// Kill kills the plugin at once, for one that stopped answering.
+// Kill kills the plugin at once, for one that stopped answering; a pid
+// that names another process by now is left alone.
 func (p *Process) Kill() {
-	if proc, err := os.FindProcess(p.rc.Pid); err == nil {
-		proc.Kill()
-	}
+	Signal(p.rc, "", syscall.SIGKILL)
 }
