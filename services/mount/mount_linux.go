@@ -221,40 +221,93 @@ func overlayFS(target string, bits uintptr, data []string) error {
 }
 
 // All mounts ms on target in order: later mounts stack on earlier ones, and
-// a mount with a Target goes on that path beneath target (which cannot
-// climb out of it). If one fails, All unmounts what it mounted and returns
-// the error. UnmountAll(ms, target) undoes it.
+// a mount with a Target goes on that path beneath target, resolved as if
+// target were the root (see Beneath). If one fails, All unmounts what it
+// mounted and returns the error. UnmountAll(ms, target) undoes it.
 func All(ms []*types.Mount, target string) error {
+	_, err := AllPoints(ms, target)
+	return err
+}
+
+// AllPoints is All, returning the mount points in mount order, for
+// UnmountPoints to undo.
+func AllPoints(ms []*types.Mount, target string) ([]string, error) {
 	var mounted []string
 	for _, m := range ms {
-		t := point(m, target)
-		if err := Mount(m, t); err != nil {
-			return errors.Join(err, unmountAll(mounted))
+		t, err := point(m, target)
+		if err == nil {
+			err = Mount(m, t)
+		}
+		if err != nil {
+			return nil, errors.Join(err, UnmountPoints(mounted))
 		}
 		mounted = append(mounted, t)
 	}
-	return nil
+	return mounted, nil
 }
 
 // UnmountAll undoes All(ms, target): it unmounts the mount points of ms in
-// the reverse of their mount order.
+// the reverse of their mount order. A Target that no longer resolves is
+// skipped.
 func UnmountAll(ms []*types.Mount, target string) error {
-	mounted := make([]string, len(ms))
-	for i, m := range ms {
-		mounted[i] = point(m, target)
+	var mounted []string
+	for _, m := range ms {
+		if t, err := point(m, target); err == nil {
+			mounted = append(mounted, t)
+		}
 	}
-	return unmountAll(mounted)
+	return UnmountPoints(mounted)
 }
 
 // point is where All mounts m.
-func point(m *types.Mount, target string) string {
+func point(m *types.Mount, target string) (string, error) {
 	if sub := m.GetTarget(); sub != "" {
-		return filepath.Join(target, filepath.Clean("/"+sub))
+		return Beneath(target, sub)
 	}
-	return target
+	return target, nil
 }
 
-func unmountAll(mounted []string) error {
+// Beneath resolves path sub inside directory root as if root were "/":
+// ".." stops at root and symbolic links, absolute or relative, resolve
+// inside it (openat2 RESOLVE_IN_ROOT, as the layer applier resolves paths),
+// so no symlink in a container's image can send a mount onto the host. It
+// returns the path with every link resolved, or NotFound when it does not
+// exist.
+func Beneath(root, sub string) (string, error) {
+	rootFD, err := unix.Open(root, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return "", classify(fmt.Errorf("open root %s: %w", root, err), err)
+	}
+	defer unix.Close(rootFD)
+	rel := strings.TrimPrefix(filepath.Clean("/"+sub), "/")
+	if rel == "" {
+		return root, nil
+	}
+	fd, err := unix.Openat2(rootFD, rel, &unix.OpenHow{
+		Flags:   unix.O_PATH | unix.O_CLOEXEC,
+		Resolve: unix.RESOLVE_IN_ROOT | unix.RESOLVE_NO_MAGICLINKS,
+	})
+	if err != nil {
+		return "", classify(fmt.Errorf("mount target %s beneath %s: %w", sub, root, err), err)
+	}
+	defer unix.Close(fd)
+	real, err := os.Readlink(fmt.Sprintf("/proc/self/fd/%d", fd))
+	if err != nil {
+		return "", fmt.Errorf("mount target %s beneath %s: %w", sub, root, err)
+	}
+	realRoot, err := os.Readlink(fmt.Sprintf("/proc/self/fd/%d", rootFD))
+	if err != nil {
+		return "", fmt.Errorf("mount target %s beneath %s: %w", sub, root, err)
+	}
+	// The kernel kept it inside; say so loudly if it ever did not.
+	if real != realRoot && !strings.HasPrefix(real, strings.TrimSuffix(realRoot, "/")+"/") {
+		return "", fmt.Errorf("mount target %s resolves to %s, outside %s: %w", sub, real, root, errdefs.ErrInvalidArgument)
+	}
+	return real, nil
+}
+
+// UnmountPoints unmounts the mount points All mounted, in reverse order.
+func UnmountPoints(mounted []string) error {
 	var errs []error
 	for i := len(mounted) - 1; i >= 0; i-- {
 		errs = append(errs, Unmount(mounted[i]))
@@ -283,6 +336,29 @@ func Unmount(target string) error {
 			return fmt.Errorf("unmount %s: %w", target, err)
 		}
 	}
+}
+
+// UnmountBeneath unmounts every mount on root and beneath it, the most
+// recent first: what a process that is gone left mounted there.
+func UnmountBeneath(root string) error {
+	data, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return fmt.Errorf("unmount beneath %s: %w", root, err)
+	}
+	root = filepath.Clean(root)
+	if r, err := filepath.EvalSymlinks(root); err == nil {
+		root = r // mountinfo has the real path
+	}
+	var points []string
+	for _, line := range strings.Split(string(data), "\n") {
+		fields := strings.Fields(line)
+		if len(fields) > 4 {
+			if p := unescape(fields[4]); p == root || strings.HasPrefix(p, root+"/") {
+				points = append(points, p)
+			}
+		}
+	}
+	return errors.Join(UnmountPoints(points), Unmount(root))
 }
 
 // IsMountPoint reports whether target is the mount point of a mount in the

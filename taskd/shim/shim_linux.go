@@ -365,7 +365,7 @@ func deleteCommand(f flags) error {
 		// The container may be half-gone; report and carry on cleaning.
 		fmt.Fprintln(os.Stderr, "taskd-shim: runtime delete:", err)
 	}
-	if err := mount.Unmount(filepath.Join(f.bundle, "rootfs")); err != nil {
+	if err := mount.UnmountBeneath(filepath.Join(f.bundle, "rootfs")); err != nil {
 		return err
 	}
 	path := socketPath(SocketAddress(f.address, f.namespace, f.id))

@@ -21,12 +21,15 @@ import (
 
 	eventstypes "github.com/containerd/containerd/api/events"
 	taskapi "github.com/containerd/containerd/api/runtime/task/v2"
+	"github.com/containerd/containerd/api/types"
 	"github.com/containerd/containerd/api/types/runc/options"
 	tasktypes "github.com/containerd/containerd/api/types/task"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/typeurl/v2"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
+
+	"github.com/flotilla/flotilla/services/mount"
 )
 
 // Failpoints of the runtime wrapper, files in the bundle.
@@ -431,4 +434,63 @@ func hasExitOf(evs []event, id string) bool {
 		}
 	}
 	return false
+}
+
+// TestRootfsMountTargetsStayInTheRootfs gives the shim a hostile rootfs: a
+// symlink in it names a host directory, and a rootfs mount's Target goes
+// through it. The mount must land inside the rootfs, never on the host,
+// and everything mounted must be gone after Delete.
+func TestRootfsMountTargetsStayInTheRootfs(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		inRootCopy bool // the rootfs has its own directory at the link's path
+	}{
+		{"a target through a symlink to a host directory lands in the rootfs", true},
+		{"a target through a symlink to a path the rootfs lacks is not found", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			needRoot(t)
+			host := t.TempDir()                           // any host directory
+			t.Cleanup(func() { _ = mount.Unmount(host) }) // should the test fail
+			b := newBundle(t, spec(fmt.Sprintf("hostile-%v", tc.inRootCopy), "sleep", "1000"))
+			upper := filepath.Join(filepath.Dir(b.dir), "upper")
+			if err := os.Symlink(host, filepath.Join(upper, "evil")); err != nil {
+				t.Fatal(err)
+			}
+			if tc.inRootCopy {
+				if err := os.MkdirAll(filepath.Join(upper, host), 0o755); err != nil {
+					t.Fatal(err)
+				}
+			}
+			mounts := append(b.rootfs, &types.Mount{Type: "tmpfs", Source: "tmpfs", Target: "/evil", Options: []string{"size=1m"}})
+			client := connect(t, b.start(t))
+			ctx := ctxT(t)
+			_, err := client.Create(ctx, &taskapi.CreateTaskRequest{ID: b.id, Bundle: b.dir, Rootfs: mounts})
+			rootfs := filepath.Join(b.dir, "rootfs")
+			if tc.inRootCopy {
+				if err != nil {
+					t.Fatalf("create: %v", err)
+				}
+				if !isMounted(t, filepath.Join(rootfs, host)) {
+					t.Error("the tmpfs is not on the rootfs's own directory")
+				}
+			} else {
+				wantCode(t, err, errdefs.IsNotFound, "create with a mount target outside the rootfs")
+			}
+			if isMounted(t, host) {
+				t.Fatalf("a rootfs mount landed on the host directory %s", host)
+			}
+			if tc.inRootCopy {
+				if _, err := client.Delete(ctx, &taskapi.DeleteRequest{ID: b.id}); err != nil {
+					t.Fatalf("delete: %v", err)
+				}
+			}
+			for _, p := range []string{filepath.Join(rootfs, host), rootfs, host} {
+				if isMounted(t, p) {
+					t.Errorf("%s is still mounted", p)
+				}
+			}
+			shutdown(t, client, b)
+		})
+	}
 }

@@ -24,10 +24,10 @@ type container struct {
 	// (create, start, delete, pause, resume, exec start, update, checkpoint).
 	lifecycle sync.Mutex
 
-	mounted bool // the shim mounted rootfs and must unmount it
-	ownPID  bool // the container has its own PID namespace
-	paused  bool
-	oom     *cgroup.OOMWatch // nil when OOM kills cannot be watched
+	mounts []string // what the shim mounted for the rootfs, in order; unmounted on delete
+	ownPID bool     // the container has its own PID namespace
+	paused bool
+	oom    *cgroup.OOMWatch // nil when OOM kills cannot be watched
 
 	init  *process
 	execs map[string]*process

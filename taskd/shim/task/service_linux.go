@@ -359,12 +359,16 @@ func (s *Service) Create(ctx context.Context, r *taskapi.CreateTaskRequest) (_ *
 		if err := os.MkdirAll(rootfs, 0o711); err != nil {
 			return nil, fmt.Errorf("create rootfs dir: %w", err)
 		}
-		if err := mount.All(r.GetRootfs(), rootfs); err != nil {
+		// Targets resolve inside the rootfs: a symlink in the image cannot
+		// send a mount onto the host.
+		points, err := mount.AllPoints(r.GetRootfs(), rootfs)
+		if err != nil {
 			return nil, fmt.Errorf("mount rootfs of %s: %w", c.id, err)
 		}
-		c.mounted = true
+		c.mounts = points
 		defer func() {
 			if retErr != nil {
+				_ = mount.UnmountPoints(points)
 				_ = mount.Unmount(rootfs)
 			}
 		}()
@@ -800,8 +804,11 @@ func (s *Service) Delete(ctx context.Context, r *taskapi.DeleteRequest) (*taskap
 		c.oom.Stop()
 	}
 	s.log.Debug("delete: unmounting", "id", c.id)
-	if c.mounted {
-		if err := mount.Unmount(filepath.Join(c.bundle, "rootfs")); err != nil {
+	if len(c.mounts) > 0 {
+		// Every mount the shim made, the last first, then whatever the
+		// container left stacked on its rootfs.
+		err := errors.Join(mount.UnmountPoints(c.mounts), mount.Unmount(filepath.Join(c.bundle, "rootfs")))
+		if err != nil {
 			return nil, fmt.Errorf("delete %s: %w", c.id, err)
 		}
 	}
