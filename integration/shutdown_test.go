@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -98,5 +99,40 @@ func TestDaemonsStopPromptlyWithSubscribers(t *testing.T) {
 			}
 			t.Logf("%s exited %v after SIGTERM with ctr events attached", name, time.Since(start).Round(time.Millisecond))
 		})
+	}
+}
+
+// TestFilesAreTheDaemonsOwn: every daemon's data directory is 0700 and the
+// logs 0600 (blobs, databases and logs are not for other local users, as
+// containerd keeps its root 0700); state directories 0711 (crossed, not
+// listed: a user-namespaced container reaches its bundle through taskd's),
+// client sockets 0660.
+func TestFilesAreTheDaemonsOwn(t *testing.T) {
+	s := startStack(t)
+	mode := func(p string) os.FileMode {
+		fi, err := os.Stat(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return fi.Mode().Perm()
+	}
+	for _, svc := range s.Layout.Services() {
+		for _, c := range []struct {
+			what string
+			path string
+			want os.FileMode
+		}{
+			{"data directory", filepath.Join(s.Layout.Root, svc.Name), 0o700},
+			{"state directory", filepath.Join(s.Layout.State, svc.Name), 0o711},
+			{"log", s.Layout.LogFile(svc.Name), 0o600},
+			{"socket", svc.Socket, 0o660},
+		} {
+			if got := mode(c.path); got != c.want {
+				t.Errorf("%s %s %s is %#o, want %#o", svc.Name, c.what, c.path, got, c.want)
+			}
+		}
+	}
+	if got := mode(filepath.Dir(s.Layout.LogFile("x"))); got != 0o700 {
+		t.Errorf("log directory is %#o, want 0700", got)
 	}
 }

@@ -23,10 +23,17 @@ import (
 // each one answers its health check as SERVING. A daemon that does not come
 // up within timeout is named in the error, with the end of its log.
 func Up(ctx context.Context, l Layout, timeout time.Duration) error {
-	for _, dir := range []string{filepath.Dir(l.PidFile("x")), filepath.Dir(l.LogFile("x")), l.Root} {
+	for _, dir := range []string{filepath.Dir(l.PidFile("x")), l.Root} {
 		if err := os.MkdirAll(dir, 0o711); err != nil {
 			return err
 		}
+	}
+	// Logs show what the daemons did, names and paths included: for root's eyes.
+	if err := os.MkdirAll(filepath.Dir(l.LogFile("x")), 0o700); err != nil {
+		return err
+	}
+	if err := os.Chmod(filepath.Dir(l.LogFile("x")), 0o700); err != nil {
+		return err
 	}
 	for _, s := range l.Services() {
 		if pid, ok := l.running(s.Name); ok {
@@ -63,7 +70,7 @@ func (l Layout) start(s Service) (<-chan error, error) {
 	if _, err := os.Stat(bin); err != nil {
 		return nil, fmt.Errorf("binary: %w (run make build)", err)
 	}
-	logf, err := os.OpenFile(l.LogFile(s.Name), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	logf, err := os.OpenFile(l.LogFile(s.Name), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
 		return nil, err
 	}

@@ -73,9 +73,17 @@ func Run(ctx context.Context, spec Spec, args []string) error {
 	if err != nil {
 		return err
 	}
-	for _, dir := range []string{spec.Common.Root, spec.Common.State} {
-		if err := os.MkdirAll(dir, 0o711); err != nil {
+	// Modes as containerd keeps its own, also when the directory was made
+	// before with a wider one: the root (blobs, databases) is the daemon's
+	// alone, 0700; the state may be crossed but not listed, 0711, since a
+	// user-namespaced container's root must reach its rootfs through the
+	// bundle in taskd's state. (Client sockets are 0660.)
+	for dir, mode := range map[string]os.FileMode{spec.Common.Root: 0o700, spec.Common.State: 0o711} {
+		if err := os.MkdirAll(dir, mode); err != nil {
 			return fmt.Errorf("create %s: %w", dir, err)
+		}
+		if err := os.Chmod(dir, mode); err != nil {
+			return fmt.Errorf("restrict %s: %w", dir, err)
 		}
 	}
 	srv := server.New(spec.Name, *spec.Common, log, spec.ServerOptions...)
