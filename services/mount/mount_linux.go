@@ -7,8 +7,9 @@
 // option; read-only and the other per-mount flags take effect by a remount,
 // as the kernel wants it), overlay mounts, including those whose options do
 // not fit in the one page mount(2) takes (mounted with fsopen(2), one lower
-// directory at a time, Linux 6.8+), and any other filesystem the kernel knows
-// by type.
+// directory at a time, on Linux 6.8+; on older kernels, such as Debian 12's
+// 6.1, with the lower directories named relative to their common parent, as
+// containerd does), and any other filesystem the kernel knows by type.
 //
 // Errors are wrapped with the mount they concern and classified with errdefs:
 // a missing source or target is NotFound, an option or type the kernel
@@ -20,6 +21,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -123,7 +126,11 @@ func Mount(m *types.Mount, target string) error {
 	what := fmt.Sprintf("mount %s %q on %s", orBind(typ), m.GetSource(), target)
 	switch {
 	case typ == "overlay" && len(joined) >= os.Getpagesize()-1:
-		if err := overlayFS(target, bits, data); err != nil {
+		err := overlayFS(target, bits, data)
+		if errors.Is(err, errNoLowerdirPlus) {
+			err = overlayRelative(target, bits, data)
+		}
+		if err != nil {
 			return classify(fmt.Errorf("%s: %w", what, err), err)
 		}
 	case bind && bits&unix.MS_REMOUNT == 0:
@@ -171,10 +178,25 @@ func classify(wrapped, err error) error {
 	return wrapped
 }
 
+// errNoLowerdirPlus says the kernel cannot take lower directories one by
+// one ("lowerdir+" came with Linux 6.8; fsopen itself with 5.2).
+var errNoLowerdirPlus = errors.New("overlay lowerdir+ not supported by this kernel")
+
+// forceRelative, set by tests, makes long overlays take the path of kernels
+// without lowerdir+.
+var forceRelative bool
+
 // overlayFS mounts an overlay through the new mount API, which takes each
-// option on its own and each lower directory as its own "lowerdir+".
+// option on its own and each lower directory as its own "lowerdir+". On a
+// kernel without either it fails with errNoLowerdirPlus.
 func overlayFS(target string, bits uintptr, data []string) error {
+	if forceRelative {
+		return errNoLowerdirPlus
+	}
 	fsfd, err := unix.Fsopen("overlay", unix.FSOPEN_CLOEXEC)
+	if errors.Is(err, unix.ENOSYS) {
+		return fmt.Errorf("fsopen: %w: %w", err, errNoLowerdirPlus)
+	}
 	if err != nil {
 		return fmt.Errorf("fsopen: %w", err)
 	}
@@ -183,8 +205,13 @@ func overlayFS(target string, bits uintptr, data []string) error {
 		k, v, hasValue := strings.Cut(o, "=")
 		switch {
 		case k == "lowerdir":
-			for _, l := range strings.Split(v, ":") {
+			for i, l := range strings.Split(v, ":") {
 				if err := unix.FsconfigSetString(fsfd, "lowerdir+", l); err != nil {
+					if i == 0 && errors.Is(err, unix.EINVAL) {
+						// The option itself is unknown: the kernel
+						// predates it.
+						return fmt.Errorf("lowerdir+ %s: %w: %w", l, err, errNoLowerdirPlus)
+					}
 					return fmt.Errorf("lowerdir+ %s: %w", l, err)
 				}
 			}
@@ -218,6 +245,86 @@ func overlayFS(target string, bits uintptr, data []string) error {
 		return fmt.Errorf("move_mount: %w", err)
 	}
 	return nil
+}
+
+// overlayRelative mounts an overlay whose options are too long for one page
+// on a kernel without lowerdir+: the lower directories are named relative
+// to their common parent, from a thread whose working directory is that
+// parent (containerd shortens long lowerdir options the same way). The
+// thread gets a working directory of its own (unshare CLONE_FS), so the
+// process's is untouched; it is never handed back to the Go scheduler and
+// ends with its goroutine.
+func overlayRelative(target string, bits uintptr, data []string) error {
+	target, err := filepath.Abs(target)
+	if err != nil {
+		return err
+	}
+	opts := slices.Clone(data)
+	var common string
+	for i, o := range opts {
+		v, ok := strings.CutPrefix(o, "lowerdir=")
+		if !ok {
+			continue
+		}
+		lowers := strings.Split(v, ":")
+		common = commonParent(lowers)
+		for j, l := range lowers {
+			rel, err := filepath.Rel(common, l)
+			if err != nil {
+				return err
+			}
+			lowers[j] = rel
+		}
+		opts[i] = "lowerdir=" + strings.Join(lowers, ":")
+	}
+	joined := strings.Join(opts, ",")
+	if common == "" || len(joined) >= os.Getpagesize()-1 {
+		return fmt.Errorf("overlay options of %d bytes do not fit in a page, even with lower directories relative to their parent, and this kernel has no lowerdir+: %w",
+			len(joined), unix.EINVAL)
+	}
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread() // never unlocked: the thread's cwd is its own
+		if err := unix.Unshare(unix.CLONE_FS); err != nil {
+			errc <- fmt.Errorf("unshare the working directory: %w", err)
+			return
+		}
+		if err := unix.Chdir(common); err != nil {
+			errc <- fmt.Errorf("chdir %s: %w", common, err)
+			return
+		}
+		if err := unix.Mount("overlay", target, "overlay", bits, joined); err != nil {
+			errc <- fmt.Errorf("mount from %s (options %q): %w", common, joined, err)
+			return
+		}
+		errc <- nil
+	}()
+	return <-errc
+}
+
+// commonParent is the longest directory that holds every one of paths
+// (absolute, cleaned); "/" at worst, "" if a path is relative.
+func commonParent(paths []string) string {
+	var common []string
+	for i, p := range paths {
+		if !filepath.IsAbs(p) {
+			return ""
+		}
+		dir := strings.Split(filepath.Dir(filepath.Clean(p)), "/")
+		if i == 0 {
+			common = dir
+			continue
+		}
+		n := 0
+		for n < len(common) && n < len(dir) && common[n] == dir[n] {
+			n++
+		}
+		common = common[:n]
+	}
+	if len(common) <= 1 {
+		return "/"
+	}
+	return strings.Join(common, "/")
 }
 
 // All mounts ms on target in order: later mounts stack on earlier ones, and

@@ -146,3 +146,112 @@ func TestMountAndUnmount(t *testing.T) {
 		}
 	})
 }
+
+func TestCommonParent(t *testing.T) {
+	cases := []struct {
+		name  string
+		paths []string
+		want  string
+	}{
+		{"snapshot dirs share the snapshots directory", []string{"/var/lib/s/snapshots/12/fs", "/var/lib/s/snapshots/3/fs"}, "/var/lib/s/snapshots"},
+		{"one path gives its parent", []string{"/a/b/c"}, "/a/b"},
+		{"nothing shared but the root", []string{"/a/x", "/b/y"}, "/"},
+		{"a relative path gives nothing", []string{"/a/x", "b/y"}, ""},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			if got := commonParent(c.paths); got != c.want {
+				t.Errorf("commonParent(%q) = %q, want %q", c.paths, got, c.want)
+			}
+		})
+	}
+}
+
+// TestLongOverlayWithoutLowerdirPlus takes the path of kernels older than
+// 6.8 (Debian 12's 6.1) whatever this one is: a deep overlay chain whose
+// options exceed a page is mounted with lower directories relative to
+// their parent.
+func TestLongOverlayWithoutLowerdirPlus(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root")
+	}
+	forceRelative = true
+	t.Cleanup(func() { forceRelative = false })
+	dir := t.TempDir()
+	target := filepath.Join(dir, "rootfs")
+	if err := os.Mkdir(target, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	layers := func(n int, name string) []string {
+		var lowers []string
+		for i := range n {
+			d := filepath.Join(dir, "layers", fmt.Sprintf(name, i))
+			if err := os.MkdirAll(d, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(filepath.Join(d, fmt.Sprintf("f%03d", i)), []byte("x"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			lowers = append([]string{d}, lowers...)
+		}
+		return lowers
+	}
+	t.Run("a chain of 80 layers is mounted read-only and unmounted", func(t *testing.T) {
+		lowers := layers(80, "%03d-a-rather-long-directory-name-for-a-layer")
+		opt := "lowerdir=" + strings.Join(lowers, ":")
+		if len(opt) < os.Getpagesize() {
+			t.Fatalf("options only %d bytes", len(opt))
+		}
+		wd, _ := os.Getwd()
+		if err := Mount(&types.Mount{Type: "overlay", Source: "overlay", Options: []string{opt, "ro"}}, target); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = Unmount(target) })
+		if now, _ := os.Getwd(); now != wd {
+			t.Errorf("the process's working directory moved to %s", now)
+		}
+		names, err := os.ReadDir(target)
+		if err != nil || len(names) != 80 {
+			t.Fatalf("merged tree has %d entries (%v), want 80", len(names), err)
+		}
+		if err := os.WriteFile(filepath.Join(target, "new"), nil, 0o644); err == nil {
+			t.Error("read-only overlay took a write")
+		}
+		if err := Unmount(target); err != nil {
+			t.Fatal(err)
+		}
+	})
+	t.Run("a writable overlay keeps absolute upper and work dirs", func(t *testing.T) {
+		lowers := layers(60, "%03d-another-rather-long-directory-name-for-a-layer")
+		upper, work := filepath.Join(dir, "upper"), filepath.Join(dir, "work")
+		for _, d := range []string{upper, work} {
+			if err := os.Mkdir(d, 0o755); err != nil {
+				t.Fatal(err)
+			}
+		}
+		opts := []string{"lowerdir=" + strings.Join(lowers, ":"), "upperdir=" + upper, "workdir=" + work}
+		if err := Mount(&types.Mount{Type: "overlay", Source: "overlay", Options: opts}, target); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = Unmount(target) })
+		if err := os.WriteFile(filepath.Join(target, "new"), []byte("y"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := os.Stat(filepath.Join(upper, "new")); err != nil {
+			t.Errorf("write did not land in the upper dir: %v", err)
+		}
+		if err := Unmount(target); err != nil {
+			t.Fatal(err)
+		}
+	})
+	t.Run("options too long even when relative are InvalidArgument", func(t *testing.T) {
+		var lowers []string
+		for i := range 400 {
+			lowers = append(lowers, filepath.Join("/", fmt.Sprintf("top-%03d", i), "fs"))
+		}
+		err := Mount(&types.Mount{Type: "overlay", Source: "overlay", Options: []string{"lowerdir=" + strings.Join(lowers, ":")}}, target)
+		if !errdefs.IsInvalidArgument(err) {
+			t.Fatalf("err = %v, want InvalidArgument", err)
+		}
+	})
+}
