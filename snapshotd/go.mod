@@ -6,6 +6,7 @@ require (
 	github.com/containerd/containerd/api v1.12.0
 	github.com/containerd/errdefs v1.0.0
 	github.com/containerd/errdefs/pkg v0.3.0
+	github.com/containerd/platforms v1.0.0-rc.5
 	github.com/flotilla/flotilla/proto v0.0.0
 	github.com/flotilla/flotilla/services v0.0.0
 	github.com/hashicorp/go-hclog v1.6.3

@@ -13,10 +13,14 @@ import (
 
 	introspectionapi "github.com/containerd/containerd/api/services/introspection/v1"
 	versionapi "github.com/containerd/containerd/api/services/version/v1"
+	"github.com/containerd/errdefs"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/emptypb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	gatewayv1 "github.com/flotilla/flotilla/proto/gateway/v1"
 	"github.com/flotilla/flotilla/services/config"
@@ -72,7 +76,15 @@ func newFixture(t *testing.T) *fixture {
 		taskAddr:    filepath.Join(dir, "taskd.sock"),
 	}
 	serve(t, "contentd", f.contentAddr, func(s *grpc.Server) {
-		intro, err := introspect.New(filepath.Join(dir, "contentd"), introspect.Services("content", "namespaces"))
+		// contentd's "content" plugin stands in for one that gives extra
+		// information (taskd's runtime does): it echoes the options.
+		echo := func(_ context.Context, typ, id string, options *anypb.Any) (*anypb.Any, error) {
+			if id != "content" {
+				return nil, errdefs.ErrNotImplemented
+			}
+			return options, nil
+		}
+		intro, err := introspect.New(filepath.Join(dir, "contentd"), introspect.Services("content", "namespaces"), echo)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -199,12 +211,51 @@ func TestIntrospectionPlugins(t *testing.T) {
 		})
 	}
 
-	t.Run("PluginInfo is Unimplemented", func(t *testing.T) {
-		_, err := client.PluginInfo(context.Background(), &introspectionapi.PluginInfoRequest{Type: introspect.GRPCPluginType, ID: "content"})
-		if status.Code(err) != codes.Unimplemented {
-			t.Fatalf("got %v, want Unimplemented", err)
-		}
-	})
+	for _, tc := range []struct {
+		name    string
+		req     *introspectionapi.PluginInfoRequest
+		code    codes.Code
+		message string
+	}{
+		{"the gateway's own plugin is answered by the gateway",
+			&introspectionapi.PluginInfoRequest{Type: introspect.GRPCPluginType, ID: "version"}, codes.OK, ""},
+		{"a backend's plugin is answered by that backend",
+			&introspectionapi.PluginInfoRequest{Type: introspect.GRPCPluginType, ID: "content"}, codes.OK, ""},
+		{"options are answered with the plugin's extra information from its backend",
+			&introspectionapi.PluginInfoRequest{Type: introspect.GRPCPluginType, ID: "content", Options: mustAny(t, "extra")}, codes.OK, ""},
+		{"options to a plugin giving no extra information are Unimplemented",
+			&introspectionapi.PluginInfoRequest{Type: introspect.GRPCPluginType, ID: "version", Options: mustAny(t, "x")}, codes.Unimplemented, "extra information"},
+		{"a plugin no reachable backend has is Unavailable while one cannot be asked",
+			&introspectionapi.PluginInfoRequest{Type: "io.containerd.runtime.v2", ID: "task"}, codes.Unavailable, "taskd"},
+	} {
+		t.Run("PluginInfo: "+tc.name, func(t *testing.T) {
+			resp, err := client.PluginInfo(context.Background(), tc.req)
+			if status.Code(err) != tc.code {
+				t.Fatalf("got %v, want %s", err, tc.code)
+			}
+			if err != nil {
+				if !strings.Contains(err.Error(), tc.message) {
+					t.Errorf("error %q does not say %q", err, tc.message)
+				}
+				return
+			}
+			if p := resp.GetPlugin(); p.GetType() != tc.req.Type || p.GetID() != tc.req.ID {
+				t.Errorf("answered plugin %s.%s", p.GetType(), p.GetID())
+			}
+			if tc.req.Options != nil && !proto.Equal(resp.GetExtra(), tc.req.Options) {
+				t.Errorf("extra = %v, want %v", resp.GetExtra(), tc.req.Options)
+			}
+		})
+	}
+}
+
+func mustAny(t *testing.T, v string) *anypb.Any {
+	t.Helper()
+	a, err := anypb.New(wrapperspb.String(v))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a
 }
 
 func TestStackStatus(t *testing.T) {

@@ -61,10 +61,7 @@ func (s *Introspection) Plugins(ctx context.Context, req *api.PluginsRequest) (*
 	}
 	wg.Wait()
 
-	all := []*api.Plugin{
-		{Type: introspect.GRPCPluginType, ID: "version"},
-		{Type: introspect.GRPCPluginType, ID: "introspection"},
-	}
+	all := s.own()
 	seen := make(map[string]bool)
 	for _, p := range all {
 		seen[p.Type+"/"+p.ID] = true
@@ -108,7 +105,55 @@ func (s *Introspection) backendPlugins(ctx context.Context, b *backend.Backend) 
 	return plugins
 }
 
-// PluginInfo is not offered by the gateway.
-func (s *Introspection) PluginInfo(context.Context, *api.PluginInfoRequest) (*api.PluginInfoResponse, error) {
-	return nil, fmt.Errorf("plugin info: %w", errdefs.ErrNotImplemented)
+// PluginInfo answers the plugin of the request's type and ID from the
+// gateway's own (version, introspection) or from the backend that has it,
+// asking the backends in order; with options, that backend answers the
+// plugin's extra information (the 2.x client's RuntimeInfo asks taskd's
+// runtime plugin this way). NotFound when no backend has the plugin;
+// Unavailable, naming it, when a backend that could have it cannot be asked.
+func (s *Introspection) PluginInfo(ctx context.Context, req *api.PluginInfoRequest) (*api.PluginInfoResponse, error) {
+	if resp, err := introspect.PluginInfo(ctx, s.own(), nil, req); !errdefs.IsNotFound(err) {
+		return resp, err
+	}
+	var unreachable error
+	for _, b := range s.backends {
+		resp, err := s.backendPluginInfo(ctx, b, req)
+		switch {
+		case err == nil:
+			return resp, nil
+		case errdefs.IsNotFound(err):
+			continue
+		case errdefs.IsUnavailable(err) || errdefs.IsDeadlineExceeded(err):
+			s.log.Warn("introspection: plugin info: backend not asked", "backend", b.Name(), "address", b.Address(), "error", err)
+			if unreachable == nil {
+				unreachable = err
+			}
+			continue
+		}
+		return nil, err
+	}
+	if unreachable != nil {
+		return nil, fmt.Errorf("plugin %s.%s not found among the backends that answered: %w", req.GetType(), req.GetID(), unreachable)
+	}
+	return nil, fmt.Errorf("plugin %s.%s not found: %w", req.GetType(), req.GetID(), errdefs.ErrNotFound)
+}
+
+// own lists the gateway's own services.
+func (s *Introspection) own() []*api.Plugin {
+	return []*api.Plugin{
+		{Type: introspect.GRPCPluginType, ID: "version"},
+		{Type: introspect.GRPCPluginType, ID: "introspection"},
+	}
+}
+
+// backendPluginInfo asks b for the plugin's info, its errors as kinds.
+func (s *Introspection) backendPluginInfo(ctx context.Context, b *backend.Backend, req *api.PluginInfoRequest) (*api.PluginInfoResponse, error) {
+	if err := b.Ready(ctx); err != nil {
+		return nil, fmt.Errorf("%s (%s): %w", b.Name(), b.Address(), err)
+	}
+	resp, err := api.NewIntrospectionClient(b.Conn()).PluginInfo(ctx, req)
+	if err != nil {
+		return nil, fmt.Errorf("%s: plugin info: %w", b.Name(), errgrpc.ToNative(err))
+	}
+	return resp, nil
 }

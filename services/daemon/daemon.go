@@ -34,6 +34,9 @@ type Spec struct {
 	Flags func(fs *flag.FlagSet)
 	// Plugins lists what the daemon provides, for containerd's Introspection.
 	Plugins introspect.PluginLister
+	// PluginInfo answers the extra information of the daemon's plugins
+	// (containerd's PluginInfo with options); nil when none gives any.
+	PluginInfo introspect.InfoProvider
 	// Setup builds the daemon's services and registers them on srv. It may
 	// register cleanups with srv.OnStop.
 	Setup func(ctx context.Context, srv *server.Server) error
@@ -88,7 +91,7 @@ func Run(ctx context.Context, spec Spec, args []string) error {
 	}
 	srv := server.New(spec.Name, *spec.Common, log, spec.ServerOptions...)
 	if spec.Plugins != nil {
-		intro, err := introspect.New(spec.Common.Root, spec.Plugins)
+		intro, err := introspect.New(spec.Common.Root, spec.Plugins, spec.PluginInfo)
 		if err != nil {
 			return err
 		}

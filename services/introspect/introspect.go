@@ -15,6 +15,7 @@ import (
 	api "github.com/containerd/containerd/api/services/introspection/v1"
 	"github.com/containerd/errdefs"
 	"github.com/google/uuid"
+	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/emptypb"
 
 	"github.com/flotilla/flotilla/services/filters"
@@ -42,16 +43,18 @@ type Service struct {
 	api.UnimplementedIntrospectionServer
 	uuid    string
 	plugins PluginLister
+	info    InfoProvider
 }
 
 // New returns the Introspection service of a daemon whose identity is kept
-// under root, listing what plugins returns.
-func New(root string, plugins PluginLister) (*Service, error) {
+// under root, listing what plugins returns and asking info (nil: none) for
+// plugins' extra information.
+func New(root string, plugins PluginLister, info InfoProvider) (*Service, error) {
 	id, err := LoadUUID(root)
 	if err != nil {
 		return nil, err
 	}
-	return &Service{uuid: id, plugins: plugins}, nil
+	return &Service{uuid: id, plugins: plugins, info: info}, nil
 }
 
 // LoadUUID returns the daemon's UUID from root/uuid, creating it on first use
@@ -129,7 +132,48 @@ func (s *Service) Server(context.Context, *emptypb.Empty) (*api.ServerResponse, 
 	return &api.ServerResponse{UUID: s.uuid, Pid: uint64(os.Getpid())}, nil
 }
 
-// PluginInfo is not offered by Flotilla's plugins.
-func (s *Service) PluginInfo(context.Context, *api.PluginInfoRequest) (*api.PluginInfoResponse, error) {
-	return nil, fmt.Errorf("plugin info: %w", errdefs.ErrNotImplemented)
+// InfoProvider answers the extra information a plugin gives about itself
+// when PluginInfo is called with options: containerd's runtime plugin
+// ("io.containerd.runtime.v2", "task") answers a RuntimeInfo to a
+// RuntimeRequest. It returns NotImplemented for a plugin that gives none.
+type InfoProvider func(ctx context.Context, pluginType, id string, options *anypb.Any) (*anypb.Any, error)
+
+// PluginInfo answers the plugin of the request's type and ID, as containerd
+// does: NotFound when the daemon has no such plugin; with options, the
+// plugin's extra information, FailedPrecondition when the plugin failed to
+// start, NotImplemented when it gives none.
+func (s *Service) PluginInfo(ctx context.Context, req *api.PluginInfoRequest) (*api.PluginInfoResponse, error) {
+	return PluginInfo(ctx, s.plugins(ctx), s.info, req)
+}
+
+// PluginInfo answers req from plugins, the ones a server provides, asking
+// info (nil: no plugin gives extra information) when req has options.
+func PluginInfo(ctx context.Context, plugins []*api.Plugin, info InfoProvider, req *api.PluginInfoRequest) (*api.PluginInfoResponse, error) {
+	var p *api.Plugin
+	for _, candidate := range plugins {
+		if candidate.GetType() == req.GetType() && candidate.GetID() == req.GetID() {
+			p = candidate
+			break
+		}
+	}
+	if p == nil {
+		return nil, fmt.Errorf("plugin %s.%s not found: %w", req.GetType(), req.GetID(), errdefs.ErrNotFound)
+	}
+	resp := &api.PluginInfoResponse{Plugin: p}
+	if req.GetOptions() == nil {
+		return resp, nil
+	}
+	if p.GetInitErr() != nil {
+		return nil, fmt.Errorf("plugin %s.%s: cannot get extra info, plugin not successfully loaded: %w",
+			req.GetType(), req.GetID(), errdefs.ErrFailedPrecondition)
+	}
+	if info == nil {
+		return nil, fmt.Errorf("plugin %s.%s does not provide extra information: %w", req.GetType(), req.GetID(), errdefs.ErrNotImplemented)
+	}
+	extra, err := info(ctx, req.GetType(), req.GetID(), req.GetOptions())
+	if err != nil {
+		return nil, err
+	}
+	resp.Extra = extra
+	return resp, nil
 }

@@ -10,6 +10,9 @@ import (
 	"path/filepath"
 
 	introspection "github.com/containerd/containerd/api/services/introspection/v1"
+	"github.com/containerd/containerd/api/types"
+	"github.com/containerd/platforms"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc/codes"
 
@@ -46,6 +49,9 @@ type snapshotdConfig struct {
 // SnapshotterPluginType is the introspection type of a snapshotter.
 const SnapshotterPluginType = "io.containerd.snapshotter.v1"
 
+// hostPlatforms is the platform every backend serves: the host's.
+var hostPlatforms = []*types.Platform{types.OCIPlatformToProto([]ocispec.Platform{platforms.DefaultSpec()})[0]}
+
 func main() {
 	var cfg snapshotdConfig
 	daemon.Main(spec(&cfg))
@@ -75,7 +81,15 @@ func spec(cfg *snapshotdConfig) daemon.Spec {
 				return plugins
 			}
 			for _, st := range h.Describe() {
-				p := &introspection.Plugin{Type: SnapshotterPluginType, ID: st.Name, Exports: map[string]string{"root": st.Root}}
+				p := &introspection.Plugin{
+					Type:    SnapshotterPluginType,
+					ID:      st.Name,
+					Exports: map[string]string{"root": st.Root},
+					// Backends make root filesystems for the host's
+					// platform, as containerd's snapshotters report it
+					// (the 2.x client's WithSnapshotterPlatformCheck reads it).
+					Platforms: hostPlatforms,
+				}
 				if st.State == host.StateFailed {
 					p.InitErr = &rpcstatus.Status{Code: int32(codes.Unavailable), Message: st.Error}
 				}

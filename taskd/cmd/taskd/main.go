@@ -20,6 +20,8 @@ import (
 	snapshotsapi "github.com/containerd/containerd/api/services/snapshots/v1"
 	tasksapi "github.com/containerd/containerd/api/services/tasks/v1"
 	"github.com/containerd/containerd/api/types"
+	"github.com/containerd/errdefs"
+	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/flotilla/flotilla/services/config"
 	"github.com/flotilla/flotilla/services/daemon"
@@ -75,6 +77,7 @@ func main() {
 
 // spec describes taskd to the daemon kit, reading its settings into cfg.
 func spec(cfg *taskdConfig) daemon.Spec {
+	var info *runtime.Info // set by setup
 	return daemon.Spec{
 		Name:    "taskd",
 		Summary: "runs containers: containerd's containers and tasks services, one shim per container",
@@ -91,7 +94,17 @@ func spec(cfg *taskdConfig) daemon.Spec {
 				"how often the restart monitor checks the containers labelled "+restart.StatusLabel)
 		},
 		Plugins: plugins,
-		Setup:   func(ctx context.Context, srv *server.Server) error { return setup(ctx, srv, cfg) },
+		PluginInfo: func(ctx context.Context, pluginType, id string, options *anypb.Any) (*anypb.Any, error) {
+			if info == nil {
+				return nil, fmt.Errorf("taskd is starting: %w", errdefs.ErrUnavailable)
+			}
+			return info.PluginInfo(ctx, pluginType, id, options)
+		},
+		Setup: func(ctx context.Context, srv *server.Server) error {
+			var err error
+			info, err = setup(ctx, srv, cfg)
+			return err
+		},
 	}
 }
 
@@ -99,71 +112,74 @@ func spec(cfg *taskdConfig) daemon.Spec {
 func plugins(ctx context.Context) []*introspection.Plugin {
 	list := introspect.Services("containers", "tasks")(ctx)
 	return append(list,
-		&introspection.Plugin{Type: "io.containerd.runtime.v2", ID: "task"},
-		&introspection.Plugin{Type: "io.containerd.runtime.v2", ID: runtime.RuncV2},
+		&introspection.Plugin{Type: runtime.PluginType, ID: runtime.PluginID},
+		&introspection.Plugin{Type: runtime.PluginType, ID: runtime.RuncV2},
 		// containerd's restart monitor; clients look for it by id.
 		&introspection.Plugin{Type: "io.containerd.internal.v1", ID: "restart", Capabilities: restart.Capabilities},
 	)
 }
 
-func setup(ctx context.Context, srv *server.Server, cfg *taskdConfig) error {
+// setup builds taskd's services and returns what answers its runtime
+// plugin's information.
+func setup(ctx context.Context, srv *server.Server, cfg *taskdConfig) (*runtime.Info, error) {
 	log := srv.Logger()
 	db, err := metadata.Open(filepath.Join(cfg.Root, "meta.db"))
 	if err != nil {
-		return err
+		return nil, err
 	}
 	srv.OnStop(func() { db.Close() })
 
 	publisher, err := daemon.Publisher(srv, cfg.Eventd)
 	if err != nil {
-		return err
+		return nil, err
 	}
 
 	self, err := os.Executable()
 	if err != nil {
-		return fmt.Errorf("find taskd's binary: %w", err)
+		return nil, fmt.Errorf("find taskd's binary: %w", err)
 	}
 	ttrpcAddress, err := ttrpcPath(cfg)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	paths := map[string]string{}
 	for name, rc := range cfg.Runtimes {
 		paths[name] = rc.Path
 	}
+	resolver := &runtime.Resolver{Paths: paths, Dir: filepath.Dir(self)}
 	manager := runtime.NewManager(runtime.Config{
 		State:         filepath.Join(cfg.State, "tasks"),
 		Address:       cfg.Address,
 		TTRPCAddress:  ttrpcAddress,
 		PublishBinary: self,
-		Resolver:      &runtime.Resolver{Paths: paths, Dir: filepath.Dir(self)},
+		Resolver:      resolver,
 		Exits:         runtime.NewExitStore(db),
 		Events:        publisher,
 		Log:           log,
 	})
 	stopTTRPC, err := forward.ServeTTRPC(ttrpcAddress, manager)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	srv.OnStop(stopTTRPC)
 	srv.OnStop(manager.Close)
 	// Shims that kept running while taskd was down are adopted before the
 	// first call is served.
 	if err := manager.Load(ctx); err != nil {
-		return err
+		return nil, err
 	}
 
 	// Checkpoints are stored in contentd; the connection is lazy, so
 	// taskd starts without it.
 	contentConn, err := dial.Dial(cfg.Contentd)
 	if err != nil {
-		return fmt.Errorf("contentd: %w", err)
+		return nil, fmt.Errorf("contentd: %w", err)
 	}
 	srv.OnStop(func() { contentConn.Close() })
 
 	snapshotConn, err := dial.Dial(cfg.Snapshotd)
 	if err != nil {
-		return fmt.Errorf("snapshotd: %w", err)
+		return nil, fmt.Errorf("snapshotd: %w", err)
 	}
 	srv.OnStop(func() { snapshotConn.Close() })
 
@@ -194,7 +210,7 @@ func setup(ctx context.Context, srv *server.Server, cfg *taskdConfig) error {
 	done := make(chan struct{})
 	go func() { defer close(done); monitor.Run(monitorCtx) }()
 	srv.OnStop(func() { stopMonitor(); <-done })
-	return nil
+	return &runtime.Info{Resolver: resolver, Log: log}, nil
 }
 
 // ttrpcPath is where taskd takes shims' events over ttrpc: next to its unix
