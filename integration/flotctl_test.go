@@ -12,6 +12,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -200,6 +201,22 @@ func TestFlotctlRunPrintsAndPropagatesExitCodes(t *testing.T) {
 		// A second run finds the chain there and unpacks nothing.
 		if r := fc.run(nil, "run", "--rm", "--snapshotter", "native", s.ref, "true"); r.code != 0 {
 			t.Errorf("second run: exit %d, stderr %q", r.code, r.stderr)
+		}
+	})
+	t.Run("SIGTERM to flotctl reaches the container", func(t *testing.T) {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		cmd := fc.cmd(ctx, "run", "--rm", s.ref, "sh", "-c", `trap "echo got-term; exit 5" TERM; echo ready; while true; do sleep 0.1; done`)
+		var out syncBuffer
+		cmd.Stdout = &out
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		out.waitFor(t, regexp.MustCompile("ready\n"))
+		cmd.Process.Signal(syscall.SIGTERM)
+		cmd.Wait()
+		if code := cmd.ProcessState.ExitCode(); code != 5 || out.String() != "ready\ngot-term\n" {
+			t.Fatalf("exit %d, output %q; want 5 and the trap's line", code, out.String())
 		}
 	})
 	t.Run("a terminal with -t", func(t *testing.T) {

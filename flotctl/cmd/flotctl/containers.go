@@ -134,6 +134,11 @@ func newRunCommand(g *globals) *cobra.Command {
 		if term != nil {
 			o.Console = term
 		}
+		var sigs chan os.Signal
+		if !f.detach {
+			sigs = notifySignals(term)
+			defer signal.Stop(sigs)
+		}
 		return g.withClient(func(c *client.Client) error {
 			ctx := cmd.Context()
 			r, err := container.Run(ctx, c, o)
@@ -144,7 +149,7 @@ func newRunCommand(g *globals) *cobra.Command {
 				fmt.Fprintln(cmd.OutOrStdout(), r.ID)
 				return nil
 			}
-			stop := forward(ctx, term, r.Resize, r.Signal)
+			stop := forward(ctx, sigs, term, r.Resize, r.Signal)
 			defer stop()
 			code, err := r.Wait(ctx)
 			if err != nil {
@@ -182,18 +187,27 @@ func setupTerminal(tty bool, s *stdio.Streams, interactive bool, cmd *cobra.Comm
 	return term, func() { term.Reset() }, nil
 }
 
-// forward follows the terminal's size (SIGWINCH) with resize, when there
-// is a terminal, and passes SIGINT and SIGTERM on to the task otherwise.
-// stop ends it.
-func forward(ctx context.Context, term console.Console, resize func(context.Context, uint16, uint16) error, sig func(context.Context, uint32) error) (stop func()) {
+// notifySignals starts catching the signals forward passes on: SIGWINCH
+// with a terminal, SIGINT and SIGTERM without. It is called before the task
+// starts, so that a signal sent as soon as the container runs is not lost.
+func notifySignals(term console.Console) chan os.Signal {
 	ch := make(chan os.Signal, 4)
 	if term != nil {
 		signal.Notify(ch, unix.SIGWINCH)
+	} else {
+		signal.Notify(ch, unix.SIGINT, unix.SIGTERM)
+	}
+	return ch
+}
+
+// forward follows the terminal's size (SIGWINCH) with resize, when there
+// is a terminal, and passes the signals caught on ch on to the task with
+// sig otherwise. stop ends it.
+func forward(ctx context.Context, ch chan os.Signal, term console.Console, resize func(context.Context, uint16, uint16) error, sig func(context.Context, uint32) error) (stop func()) {
+	if term != nil {
 		if sz, err := term.Size(); err == nil {
 			resize(ctx, sz.Width, sz.Height)
 		}
-	} else {
-		signal.Notify(ch, unix.SIGINT, unix.SIGTERM)
 	}
 	done := make(chan struct{})
 	go func() {
@@ -208,7 +222,9 @@ func forward(ctx context.Context, term console.Console, resize func(context.Cont
 					}
 					continue
 				}
-				sig(ctx, uint32(s.(unix.Signal)))
+				if sig != nil {
+					sig(ctx, uint32(s.(unix.Signal)))
+				}
 			}
 		}
 	}()
@@ -306,8 +322,10 @@ func newExecCommand(g *globals) *cobra.Command {
 		var stop func()
 		if term != nil {
 			o.Console = term
+			sigs := notifySignals(term)
+			defer signal.Stop(sigs)
 			o.Resize = func(resize func(w, h uint16)) {
-				stop = forward(cmd.Context(), term, func(_ context.Context, w, h uint16) error { resize(w, h); return nil }, nil)
+				stop = forward(cmd.Context(), sigs, term, func(_ context.Context, w, h uint16) error { resize(w, h); return nil }, nil)
 			}
 		}
 		return g.withClient(func(c *client.Client) error {
