@@ -4,9 +4,11 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -134,5 +136,60 @@ func TestFilesAreTheDaemonsOwn(t *testing.T) {
 	}
 	if got := mode(filepath.Dir(s.Layout.LogFile("x"))); got != 0o700 {
 		t.Errorf("log directory is %#o, want 0700", got)
+	}
+}
+
+// TestPluginSocketsLiveInSnapshotdsState: snapshotter plugins make their
+// sockets in snapshotd's state directory, not in /tmp, and those of killed
+// plugins are removed when snapshotd starts again.
+func TestPluginSocketsLiveInSnapshotdsState(t *testing.T) {
+	s := startStack(t)
+	dir := filepath.Join(s.Layout.State, "snapshotd", "plugins")
+	sockets := func() []string {
+		ents, err := os.ReadDir(dir)
+		if err != nil {
+			t.Fatalf("plugin socket directory: %v", err)
+		}
+		var out []string
+		for _, e := range ents {
+			if e.Type()&os.ModeSocket != 0 {
+				out = append(out, filepath.Join(dir, e.Name()))
+			}
+		}
+		return out
+	}
+	before := sockets()
+	if len(before) != 2 {
+		t.Fatalf("%d plugin sockets in %s, want one per default snapshotter (2): %v", len(before), dir, before)
+	}
+
+	// snapshotd and its plugins killed: nothing removes their sockets.
+	s.Kill9("snapshotd")
+	procs, _ := filepath.Glob("/proc/[0-9]*/environ")
+	killed := 0
+	for _, p := range procs {
+		env, _ := os.ReadFile(p)
+		if strings.Contains(string(env), "PLUGIN_UNIX_SOCKET_DIR="+dir+"\x00") {
+			pid, _ := strconv.Atoi(filepath.Base(filepath.Dir(p)))
+			syscall.Kill(pid, syscall.SIGKILL)
+			waitGone(pid, 10*time.Second)
+			killed++
+		}
+	}
+	if killed != 2 {
+		t.Fatalf("killed %d plugin processes, want 2", killed)
+	}
+	s.Up()
+	after := sockets()
+	for _, p := range after {
+		c, err := net.Dial("unix", p)
+		if err != nil {
+			t.Errorf("stale plugin socket left after restart: %s (%v)", p, err)
+			continue
+		}
+		c.Close()
+	}
+	if len(after) != 2 {
+		t.Errorf("%d plugin sockets after restart, want 2: %v", len(after), after)
 	}
 }

@@ -115,7 +115,7 @@ func (b *backend) startLocked(ctx context.Context, path string) error {
 	ctx, cancel := context.WithTimeout(ctx, startLimit)
 	defer cancel()
 	stderr := &tail{}
-	p, err := sdk.Start(ctx, sdk.Config{Path: path, Root: b.root, Logger: pluginLogger(b.name), Stderr: stderr})
+	p, err := sdk.Start(ctx, sdk.Config{Path: path, Root: b.root, Logger: pluginLogger(b.name), Stderr: stderr, SocketDir: b.h.opts.SocketDir})
 	if err != nil {
 		msg := strings.TrimSpace(stderr.String())
 		if msg != "" {

@@ -48,6 +48,9 @@ type Options struct {
 	// PollInterval is how often each plugin process is checked for life;
 	// default 200ms.
 	PollInterval time.Duration
+	// SocketDir is where plugins make their sockets: snapshotd's state,
+	// not $TMPDIR. Sockets a killed plugin left there are removed at Open.
+	SocketDir string
 }
 
 // Spec names a backend and its executable.
@@ -103,6 +106,12 @@ func Open(ctx context.Context, opts Options) (*Host, error) {
 	}
 	if err := os.MkdirAll(filepath.Join(opts.Root, "snapshotters"), 0o700); err != nil {
 		return nil, fmt.Errorf("snapshotters: %w", err)
+	}
+	if opts.SocketDir != "" {
+		if err := os.MkdirAll(opts.SocketDir, 0o700); err != nil {
+			return nil, fmt.Errorf("plugin sockets: %w", err)
+		}
+		removeStaleSockets(opts.SocketDir, opts.Logger)
 	}
 	h := &Host{opts: opts, log: opts.Logger, backends: make(map[string]*backend), stopping: make(chan struct{})}
 	st, ok, err := loadState(opts.Root)

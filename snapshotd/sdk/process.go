@@ -27,6 +27,9 @@ type Config struct {
 	// Stderr, if set, also receives the plugin's standard error, such as
 	// the reason it failed to start.
 	Stderr io.Writer
+	// SocketDir, if set, is where the plugin makes its socket (go-plugin
+	// makes it in $TMPDIR otherwise, and a killed plugin leaves it there).
+	SocketDir string
 }
 
 // Reattach is what snapshotd persists to find a running plugin again after
@@ -55,6 +58,9 @@ type Process struct {
 func Start(ctx context.Context, cfg Config) (*Process, error) {
 	cmd := exec.Command(cfg.Path)
 	cmd.Env = append(os.Environ(), RootEnv+"="+cfg.Root)
+	if cfg.SocketDir != "" {
+		cmd.Env = append(cmd.Env, plugin.EnvUnixSocketDir+"="+cfg.SocketDir)
+	}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	client := plugin.NewClient(&plugin.ClientConfig{
 		HandshakeConfig:  Handshake,

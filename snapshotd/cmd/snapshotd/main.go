@@ -123,7 +123,8 @@ func setup(ctx context.Context, srv *server.Server, cfg *snapshotdConfig) (*host
 			{Name: "overlayfs", Path: filepath.Join(cfg.PluginDir, "snapshotter-overlayfs")},
 			{Name: "native", Path: filepath.Join(cfg.PluginDir, "snapshotter-native")},
 		},
-		Logger: srv.Logger(),
+		Logger:    srv.Logger(),
+		SocketDir: filepath.Join(cfg.State, "plugins"),
 	})
 	if err != nil {
 		return nil, err
