@@ -70,6 +70,8 @@ type blobProxy struct {
 	Addr string
 	mu   sync.Mutex
 	hook map[digest.Digest]func(io.ReadCloser) io.ReadCloser
+	// user and pass, when set, are required as HTTP basic auth.
+	user, pass string
 }
 
 func newBlobProxy(t *testing.T, registry string) *blobProxy {
@@ -88,7 +90,17 @@ func newBlobProxy(t *testing.T, registry string) *blobProxy {
 		}
 		return nil
 	}
-	srv := httptest.NewServer(rp)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		p.mu.Lock()
+		user, pass := p.user, p.pass
+		p.mu.Unlock()
+		if u, pw, ok := r.BasicAuth(); user != "" && (!ok || u != user || pw != pass) {
+			w.Header().Set("WWW-Authenticate", `Basic realm="flotilla-test"`)
+			http.Error(w, `{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}`, http.StatusUnauthorized)
+			return
+		}
+		rp.ServeHTTP(w, r)
+	}))
 	t.Cleanup(srv.Close)
 	p.Addr = strings.TrimPrefix(srv.URL, "http://")
 	return p
@@ -302,5 +314,30 @@ func TestTransferPullResumesAfterTheRegistryStoppedMidBlob(t *testing.T) {
 	if ranged[layer.Digest] == 0 {
 		lines, _ := reg.AccessLog()
 		t.Errorf("the second pull did not ask for the rest of %s with a ranged GET; registry log:\n%s", layer.Digest, strings.Join(lines, "\n"))
+	}
+}
+
+func TestTransferPullAsksTheClientForCredentials(t *testing.T) {
+	requireRootForMounts(t)
+	ctr2Bin(t)
+	reg := runRegistry(t)
+	s := startStack(t)
+	stopPluginsOnCleanup(t, s)
+	pushImage(t, reg.Addr, "busybox", func() (*imagekit.Image, error) { return imagekit.BuildBusybox() })
+	proxy := newBlobProxy(t, reg.Addr)
+	proxy.mu.Lock()
+	proxy.user, proxy.pass = "flotilla", "s3cret"
+	proxy.mu.Unlock()
+	ref := proxy.Addr + "/busybox:1"
+	ns := "transfer-auth"
+	if out, err := s.Ctr2(ns, "images", "pull", "--plain-http", ref); err == nil {
+		t.Fatalf("anonymous pull from a registry requiring basic auth succeeded:\n%s", out)
+	}
+	if out, err := s.Ctr2(ns, "images", "pull", "--plain-http", "--user", "flotilla:wrong", ref); err == nil {
+		t.Fatalf("pull with a wrong password succeeded:\n%s", out)
+	}
+	s.MustCtr2(ns, "images", "pull", "--plain-http", "--user", "flotilla:s3cret", ref)
+	if out := s.MustCtr2(ns, "run", "--rm", ref, "transfer-auth-run", "echo", "hi"); strings.TrimSpace(out) != "hi" {
+		t.Errorf("ctr run printed %q, want hi", out)
 	}
 }

@@ -9,8 +9,6 @@ import (
 
 	transfertypes "github.com/containerd/containerd/api/types/transfer"
 	"github.com/containerd/errdefs"
-	"github.com/containerd/typeurl/v2"
-	"google.golang.org/protobuf/types/known/anypb"
 )
 
 // window is how many bytes a reader lets the sender have in flight. The
@@ -38,7 +36,7 @@ func (r *reader) Read(p []byte) (int, error) {
 			return 0, r.err
 		}
 		if r.granted < window/2 {
-			upd, err := anypb.New(&transfertypes.WindowUpdate{Update: window})
+			upd, err := ToAny(&transfertypes.WindowUpdate{Update: window})
 			if err != nil {
 				return 0, err
 			}
@@ -57,7 +55,7 @@ func (r *reader) Read(p []byte) (int, error) {
 			continue
 		}
 		var d transfertypes.Data
-		if err := typeurl.UnmarshalTo(a, &d); err != nil {
+		if err := a.UnmarshalTo(&d); err != nil {
 			r.err = fmt.Errorf("stream sent %s where data was expected: %w", a.GetTypeUrl(), errdefs.ErrInvalidArgument)
 			continue
 		}
@@ -104,7 +102,7 @@ func (w *writer) receiveWindows() {
 			return
 		}
 		var u transfertypes.WindowUpdate
-		if typeurl.UnmarshalTo(a, &u) != nil {
+		if a.UnmarshalTo(&u) != nil {
 			continue
 		}
 		w.mu.Lock()
@@ -139,7 +137,7 @@ func (w *writer) Write(p []byte) (int, error) {
 			continue
 		}
 		n := min(int64(len(p)), room, maxData)
-		a, err := anypb.New(&transfertypes.Data{Data: p[:n]})
+		a, err := ToAny(&transfertypes.Data{Data: p[:n]})
 		if err != nil {
 			return written, err
 		}

@@ -16,11 +16,24 @@ import (
 	streamingapi "github.com/containerd/containerd/api/services/streaming/v1"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/typeurl/v2"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/emptypb"
 
 	"github.com/flotilla/flotilla/services/namespace"
 )
+
+// ToAny encodes m as containerd's clients do (typeurl: the message's
+// full name as type URL, with no type.googleapis.com/ prefix), which is
+// what their typeurl.UnmarshalTo expects. Received messages are decoded
+// with anypb's UnmarshalTo, which accepts either form.
+func ToAny(m proto.Message) (*anypb.Any, error) {
+	a, err := typeurl.MarshalAny(m)
+	if err != nil {
+		return nil, err
+	}
+	return typeurl.MarshalProto(a), nil
+}
 
 // Stream is one registered stream, as the server sees it.
 type Stream interface {
@@ -112,7 +125,7 @@ func (s *Service) Stream(srv streamingapi.Streaming_StreamServer) error {
 		return err
 	}
 	var init streamingapi.StreamInit
-	if err := typeurl.UnmarshalTo(first, &init); err != nil {
+	if err := first.UnmarshalTo(&init); err != nil {
 		return fmt.Errorf("first message of a stream must be a StreamInit, got %s: %w", first.GetTypeUrl(), errdefs.ErrInvalidArgument)
 	}
 	if init.GetID() == "" {
@@ -123,7 +136,7 @@ func (s *Service) Stream(srv streamingapi.Streaming_StreamServer) error {
 		return err
 	}
 	defer s.m.unregister(ns, init.GetID(), ss)
-	ack, err := anypb.New(&emptypb.Empty{})
+	ack, err := ToAny(&emptypb.Empty{})
 	if err != nil {
 		return err
 	}

@@ -7,8 +7,6 @@ import (
 
 	transfertypes "github.com/containerd/containerd/api/types/transfer"
 	"github.com/containerd/errdefs"
-	"github.com/containerd/typeurl/v2"
-	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/flotilla/flotilla/contentd/registry"
 	"github.com/flotilla/flotilla/contentd/streaming"
@@ -22,7 +20,7 @@ func askClient(st streaming.Stream, ref string) registry.Credentials {
 	return func(ctx context.Context, host string) (registry.Credential, error) {
 		mu.Lock()
 		defer mu.Unlock()
-		req, err := anypb.New(&transfertypes.AuthRequest{Host: host, Reference: ref})
+		req, err := streaming.ToAny(&transfertypes.AuthRequest{Host: host, Reference: ref})
 		if err != nil {
 			return registry.Credential{}, err
 		}
@@ -34,7 +32,7 @@ func askClient(st streaming.Stream, ref string) registry.Credentials {
 			return registry.Credential{}, fmt.Errorf("client's credentials: %w", err)
 		}
 		var resp transfertypes.AuthResponse
-		if err := typeurl.UnmarshalTo(a, &resp); err != nil {
+		if err := a.UnmarshalTo(&resp); err != nil {
 			return registry.Credential{}, fmt.Errorf("client answered %s to a credentials request: %w", a.GetTypeUrl(), errdefs.ErrInvalidArgument)
 		}
 		switch resp.GetAuthType() {

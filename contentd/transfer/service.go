@@ -94,7 +94,7 @@ func (s *Service) Transfer(ctx context.Context, req *transferapi.TransferRequest
 		}
 		defer ps.Close()
 		send = func(p *transfertypes.Progress) {
-			a, err := anypb.New(p)
+			a, err := streaming.ToAny(p)
 			if err == nil {
 				err = ps.Send(a)
 			}
