@@ -296,3 +296,33 @@ func TestShutdownEndsLongLivedCalls(t *testing.T) {
 		t.Fatalf("the subscription ended with %v, want Unavailable: the gateway is shutting down", err)
 	}
 }
+
+func TestUnreachableUpstreamIsNamedAsDown(t *testing.T) {
+	dir := sockdir.New(t)
+	// An upstream that never answers the dial, as a host that is down.
+	silent := &relay.Upstream{Name: "contentd (tcp://10.255.255.1:9)", Dial: func(ctx context.Context) (net.Conn, error) {
+		<-ctx.Done()
+		var d net.Dialer
+		return d.DialContext(ctx, "tcp", "10.255.255.1:9")
+	}}
+	r := relay.New(func(string) (*relay.Upstream, error) { return silent, nil }, relay.WithReadyWait(200*time.Millisecond))
+	addr := filepath.Join(dir, "down.sock")
+	l, err := net.Listen("unix", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go r.Serve(l)
+	defer func() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		r.Shutdown(ctx)
+	}()
+	conn := dialRelay(t, addr)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	err = conn.Invoke(ctx, "/containerd.services.content.v1.Content/Info", &[]byte{}, new([]byte))
+	msg := status.Convert(err).Message()
+	if status.Code(err) != codes.Unavailable || !strings.Contains(msg, "contentd (tcp://10.255.255.1:9) is unavailable: it is down") || strings.Contains(msg, "i/o timeout") {
+		t.Fatalf("call to a backend that does not answer: %v, want Unavailable naming it and saying it is down", err)
+	}
+}

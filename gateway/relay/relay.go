@@ -31,6 +31,7 @@ import (
 	"runtime/debug"
 	"strconv"
 	"sync"
+	"syscall"
 	"time"
 
 	"golang.org/x/net/http2"
@@ -698,7 +699,7 @@ func (ss *session) connect(p *peer) {
 	}
 	if err != nil {
 		ss.mu.Lock()
-		ss.lost(p, fmt.Sprintf("%s is unavailable: %v", p.name, err))
+		ss.lost(p, fmt.Sprintf("%s is unavailable: %s", p.name, dialFailure(err, ss.srv.readyWait)))
 		ss.mu.Unlock()
 		ss.flushAll()
 		return
@@ -713,6 +714,19 @@ func (ss *session) connect(p *peer) {
 	ss.mu.Unlock()
 	p.flush()
 	ss.readUpstream(p)
+}
+
+// dialFailure says why an upstream could not be reached, in words an
+// operator acts on: a bare "i/o timeout" does not say the service is down.
+func dialFailure(err error, waited time.Duration) string {
+	var ne net.Error
+	switch {
+	case errors.Is(err, context.DeadlineExceeded) || (errors.As(err, &ne) && ne.Timeout()):
+		return fmt.Sprintf("it is down or unreachable: no answer within %v", waited)
+	case errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ENOENT):
+		return fmt.Sprintf("it is down: nothing listens at its address (%v)", err)
+	}
+	return err.Error()
 }
 
 func (ss *session) isClosed() bool {
