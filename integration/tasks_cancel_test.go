@@ -160,3 +160,85 @@ func TestCancelledTaskCreatesLeaveNoShim(t *testing.T) {
 		}
 	}
 }
+
+// TestTaskdCrashAmidCreatesLeavesNoInvisibleShim kills taskd while task
+// creations are under way: once it is back, every shim belongs to a task the
+// API lists (to be deleted like any other), and deleting them all leaves no
+// shim.
+func TestTaskdCrashAmidCreatesLeavesNoInvisibleShim(t *testing.T) {
+	s := startRunStack(t, "crashcreate", nil)
+	conn := s.Conn()
+	containers := containersapi.NewContainersClient(conn)
+	snapshots := snapshotsapi.NewSnapshotsClient(conn)
+	tasks := tasksapi.NewTasksClient(conn)
+	ctx := inNamespace(context.Background(), s.ns)
+
+	const n = 10
+	var reqs []*tasksapi.CreateTaskRequest
+	for i := range n {
+		id := fmt.Sprintf("kc%d", i)
+		s.MustCtr(s.ns, "containers", "create", s.ref, id, "sleep", "1000")
+		c, err := containers.Get(ctx, &containersapi.GetContainerRequest{ID: id})
+		if err != nil {
+			t.Fatal(err)
+		}
+		m, err := snapshots.Mounts(ctx, &snapshotsapi.MountsRequest{Snapshotter: c.Container.Snapshotter, Key: c.Container.SnapshotKey})
+		if err != nil {
+			t.Fatal(err)
+		}
+		reqs = append(reqs, &tasksapi.CreateTaskRequest{ContainerID: id, Rootfs: m.Mounts})
+	}
+	var wg sync.WaitGroup
+	started := make(chan struct{}, n)
+	for _, r := range reqs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			started <- struct{}{}
+			_, _ = tasks.Create(ctx, r)
+		}()
+	}
+	for range n / 2 {
+		<-started
+	}
+	// Some creations are done, some under way, some not begun.
+	for deadline := time.Now().Add(30 * time.Second); len(shimsOf(s.ns)) == 0 && time.Now().Before(deadline); {
+		time.Sleep(10 * time.Millisecond)
+	}
+	s.Kill9("taskd")
+	wg.Wait()
+	s.Up()
+
+	var shims, ids []string
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		shims, ids = shimsOf(s.ns), s.taskIDs(t)
+		if missing := without(shims, ids); len(missing) == 0 || time.Now().After(deadline) {
+			break
+		}
+	}
+	if missing := without(shims, ids); len(missing) > 0 {
+		t.Fatalf("after taskd restarted: shims of %v, which no task the API lists owns (tasks %v)", missing, ids)
+	}
+	for _, id := range ids {
+		if out, err := s.Ctr(s.ns, "tasks", "delete", "-f", id); err != nil {
+			t.Errorf("delete task %s: %v: %s", id, err, out)
+		}
+	}
+	for deadline := time.Now().Add(15 * time.Second); len(shimsOf(s.ns)) > 0 && time.Now().Before(deadline); {
+		time.Sleep(100 * time.Millisecond)
+	}
+	if left := shimsOf(s.ns); len(left) > 0 {
+		t.Errorf("shims of %v outlived their tasks", left)
+	}
+}
+
+// without is a minus b.
+func without(a, b []string) []string {
+	var out []string
+	for _, x := range a {
+		if !slices.Contains(b, x) {
+			out = append(out, x)
+		}
+	}
+	return out
+}

@@ -3,7 +3,9 @@ package runtime
 import (
 	"context"
 	"fmt"
+	"os"
 	"os/exec"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -13,6 +15,7 @@ import (
 	taskapi "github.com/containerd/containerd/api/runtime/task/v2"
 	tasktypes "github.com/containerd/containerd/api/types/task"
 	"github.com/containerd/errdefs"
+	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/emptypb"
 )
@@ -110,6 +113,38 @@ func (t *Task) shimGone() {
 	removeDeadSocket(t.bundle)
 	if err := t.bundle.writeFile(deadFile, time.Now().UTC().Format(time.RFC3339Nano)); err != nil {
 		log.Warn("mark shim dead", "error", err)
+	}
+}
+
+// killStrayShim kills the shim the bundle names in shim.pid if it still
+// runs, known by its command line (-namespace NS … -id ID), so that a pid
+// reused by another process is left alone.
+func (t *Task) killStrayShim() {
+	data, err := t.bundle.readFile("shim.pid")
+	if err != nil {
+		return
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(data))
+	if err != nil || pid <= 0 {
+		return
+	}
+	cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	if err != nil {
+		return
+	}
+	args := strings.Split(string(cmdline), "\x00")
+	var ns, id string
+	for i := 0; i+1 < len(args); i++ {
+		switch args[i] {
+		case "-namespace":
+			ns = args[i+1]
+		case "-id":
+			id = args[i+1]
+		}
+	}
+	if ns == t.ns && id == t.id {
+		t.m.cfg.Log.Warn("killing a shim taskd lost track of", "namespace", t.ns, "container", t.id, "pid", pid)
+		_ = unix.Kill(pid, unix.SIGKILL)
 	}
 }
 
@@ -416,6 +451,9 @@ func (t *Task) delete(ctx context.Context) (*taskapi.DeleteResponse, error) {
 
 	var resp *taskapi.DeleteResponse
 	if dead || conn == nil {
+		// A shim that came up after taskd gave up on it (taskd died while
+		// `shim start` ran) serves nothing taskd knows: it goes too.
+		t.killStrayShim()
 		resp = &taskapi.DeleteResponse{}
 		if e, err := t.m.cfg.Exits.Get(t.ns, t.id, t.id); err == nil {
 			resp = &taskapi.DeleteResponse{Pid: e.Pid, ExitStatus: e.ExitStatus, ExitedAt: e.ExitedAt}
