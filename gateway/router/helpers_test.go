@@ -30,8 +30,13 @@ import (
 // called (or the test ends), once register has added its services.
 func serve(tb testing.TB, name, addr string, register func(*grpc.Server), opts ...server.Option) (stop func()) {
 	tb.Helper()
+	return serveLogging(tb, name, addr, slog.New(slog.NewTextHandler(io.Discard, nil)), register, opts...)
+}
+
+// serveLogging is serve with the server logging to log.
+func serveLogging(tb testing.TB, name, addr string, log *slog.Logger, register func(*grpc.Server), opts ...server.Option) (stop func()) {
+	tb.Helper()
 	cfg := config.Common{Address: addr, ShutdownTimeout: config.Duration(time.Second)}
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	srv := server.New(name, cfg, log, opts...)
 	register(srv.GRPC())
 	ctx, cancel := context.WithCancel(context.Background())
@@ -164,6 +169,12 @@ type stack struct {
 
 func newStack(tb testing.TB) *stack {
 	tb.Helper()
+	return newStackLogging(tb, slog.New(slog.NewTextHandler(io.Discard, nil)))
+}
+
+// newStackLogging is newStack with the gateway logging to log.
+func newStackLogging(tb testing.TB, log *slog.Logger) *stack {
+	tb.Helper()
 	dir := sockdir.New(tb)
 	s := &stack{
 		backendAddr: filepath.Join(dir, "contentd.sock"),
@@ -178,7 +189,7 @@ func newStack(tb testing.TB) *stack {
 	tb.Cleanup(func() { b.Close() })
 	r := router.New()
 	r.Route(b)
-	serve(tb, "gateway", s.gatewayAddr, func(*grpc.Server) {}, server.WithFrontDoor(r.FrontDoor))
+	serveLogging(tb, "gateway", s.gatewayAddr, log, func(*grpc.Server) {}, server.WithFrontDoor(r.FrontDoor))
 
 	s.direct = clientConn(tb, s.backendAddr)
 	s.gateway = clientConn(tb, s.gatewayAddr)

@@ -12,6 +12,8 @@ import (
 	"sync"
 
 	"github.com/containerd/errdefs"
+	"github.com/containerd/errdefs/pkg/errgrpc"
+	"google.golang.org/grpc/status"
 
 	"golang.org/x/net/http2/hpack"
 
@@ -92,6 +94,9 @@ func (r *Router) FrontDoor(srv *server.Server) server.FrontDoor {
 		}
 		b, err := r.Lookup(method)
 		if err != nil {
+			// The relay answers it without reaching any backend, whose
+			// kit would log it: the gateway logs it, once.
+			srv.Logger().Info("call failed", "method", method, "code", status.Code(errgrpc.ToGRPC(err)).String(), "error", err)
 			return nil, err
 		}
 		return r.upstreams[b], nil

@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"context"
 	"io"
+	"log/slog"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -176,7 +178,8 @@ func TestStreams(t *testing.T) {
 }
 
 func TestUnroutedServices(t *testing.T) {
-	s := newStack(t)
+	var logs syncBuffer
+	s := newStackLogging(t, slog.New(slog.NewTextHandler(&logs, nil)))
 	for _, tc := range []struct {
 		name, method, mention string
 	}{
@@ -188,8 +191,31 @@ func TestUnroutedServices(t *testing.T) {
 			if status.Code(err) != codes.Unimplemented || !strings.Contains(status.Convert(err).Message(), tc.mention) {
 				t.Fatalf("got %v, want Unimplemented mentioning %s", err, tc.mention)
 			}
+			// Logged once at the default level, with method and code.
+			want := "level=INFO msg=\"call failed\" method=" + tc.method + " code=Unimplemented"
+			if n := strings.Count(logs.String(), want); n != 1 {
+				t.Errorf("the gateway logged %q %d times, want once; log:\n%s", want, n, logs.String())
+			}
 		})
 	}
+}
+
+// syncBuffer is a bytes.Buffer safe for a logger and a test to share.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }
 
 func TestLookup(t *testing.T) {

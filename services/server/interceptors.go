@@ -7,6 +7,8 @@ import (
 
 	"github.com/containerd/errdefs/pkg/errgrpc"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
 	"github.com/flotilla/flotilla/services/namespace"
@@ -47,8 +49,9 @@ type contextStream struct {
 
 func (s *contextStream) Context() context.Context { return s.ctx }
 
-// logUnary logs each call at debug level, and failures other than the
-// client's own mistakes at warn level.
+// logUnary logs each call: at debug level when it succeeds, and once when
+// it fails — at the default (info) level for the client's own mistakes and
+// at warn level for the server's faults — with method, namespace and code.
 func logUnary(log *slog.Logger) grpc.UnaryServerInterceptor {
 	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 		start := time.Now()
@@ -69,27 +72,47 @@ func logStream(log *slog.Logger) grpc.StreamServerInterceptor {
 
 func logCall(ctx context.Context, log *slog.Logger, method string, start time.Time, err error) {
 	code := status.Code(errgrpc.ToGRPC(err))
-	level := slog.LevelDebug
-	if isServerFault(code.String()) {
-		level = slog.LevelWarn
-	}
+	level := callLevel(code)
 	if !log.Enabled(ctx, level) {
 		return
 	}
 	attrs := []any{"method", method, "code", code.String(), "duration", time.Since(start)}
-	if ns, ok := namespace.FromContext(ctx); ok {
+	if ns, ok := callNamespace(ctx); ok {
 		attrs = append(attrs, "namespace", ns)
 	}
 	if err != nil {
 		attrs = append(attrs, "error", err)
 	}
-	log.Log(ctx, level, "call", attrs...)
+	msg := "call"
+	if level > slog.LevelDebug {
+		msg = "call failed"
+	}
+	log.Log(ctx, level, msg, attrs...)
 }
 
-func isServerFault(code string) bool {
-	switch code {
-	case "Internal", "Unknown", "DataLoss", "Unavailable":
-		return true
+// callNamespace is the namespace the call named, as sent: this interceptor
+// runs outside the one that validates it, so that calls refused for their
+// namespace are logged with the namespace they gave.
+func callNamespace(ctx context.Context) (string, bool) {
+	if ns, ok := namespace.FromContext(ctx); ok {
+		return ns, true
 	}
-	return false
+	md, _ := metadata.FromIncomingContext(ctx)
+	if v := md.Get(namespace.MetadataKey); len(v) > 0 {
+		return v[0], true
+	}
+	return "", false
+}
+
+// callLevel is the level a call ending with code is logged at: debug for
+// success and for calls the client itself cancelled, warn for the
+// server's faults, info (the default level) for every other failure.
+func callLevel(code codes.Code) slog.Level {
+	switch code {
+	case codes.OK, codes.Canceled:
+		return slog.LevelDebug
+	case codes.Internal, codes.Unknown, codes.DataLoss, codes.Unavailable:
+		return slog.LevelWarn
+	}
+	return slog.LevelInfo
 }
