@@ -722,3 +722,87 @@ func makeCgroup(t *testing.T, group string) string {
 	})
 	return filepath.Join(dirs[0], "cgroup.procs")
 }
+
+// startContainerd2 starts containerd 2.x ($CONTAINERD2_BIN) with its own
+// runc shim, as a reference for what 1.6 lacks.
+func startContainerd2(t *testing.T) target {
+	t.Helper()
+	dir := filepath.Dir(ctr2Bin(t))
+	sock := startContainerd(t, filepath.Join(dir, "containerd"), dir)
+	state := filepath.Join(filepath.Dir(sock), "state")
+	return target{
+		name:     "containerd 2",
+		socket:   sock,
+		bundle:   func(ns, id string) string { return filepath.Join(state, "io.containerd.runtime.v2.task", ns, id) },
+		runcRoot: "/run/containerd/runc",
+	}
+}
+
+// TestIDMappedRootfs: ctr 2's run --uidmap --gidmap --remap-labels asks the
+// overlay snapshotter for an ID-mapped snapshot (labels, no chown of the
+// image): the container's root owns the image's files and its "/".
+func TestIDMappedRootfs(t *testing.T) {
+	requireTool(t, "ctr")
+	requireTool(t, "runc")
+	const ns = "idmapped"
+	ref := pushBusybox(t)
+	for _, start := range []func(t *testing.T) target{
+		func(t *testing.T) target { return flotillaTarget(startStack(t)) },
+		startContainerd2,
+	} {
+		tg := start(t)
+		t.Run(tg.name, func(t *testing.T) {
+			tg.mustCtr(t, ns, "images", "pull", "--plain-http", ref)
+			t.Cleanup(func() { tg.cleanNamespace(t, ns) })
+			// The mapped root must reach the bundle, as through /run.
+			for dir := filepath.Dir(tg.bundle(ns, "x")); dir != "/tmp" && dir != "/"; dir = filepath.Dir(dir) {
+				if fi, err := os.Stat(dir); err == nil {
+					os.Chmod(dir, fi.Mode().Perm()|0o011)
+				}
+			}
+			// ctr 2's client mounts ID-mapped snapshots (to read the
+			// image's /etc/passwd); 1.6's does not know the options.
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+			defer cancel()
+			b, err := exec.CommandContext(ctx, ctr2Bin(t), "--address", tg.socket, "--namespace", ns,
+				"run", "--rm", "--uidmap", "0:1000:65535", "--gidmap", "0:2000:65535", "--remap-labels",
+				ref, "idmapped", "sh", "-c", "touch /new && ls -ln /bin/busybox /new").CombinedOutput()
+			out := string(b)
+			if err != nil {
+				t.Fatalf("%s: ctr 2 run --remap-labels: %v\n%s", tg.name, err, out)
+			}
+			var lines []string // without containerd 2's log lines
+			for _, l := range strings.Split(strings.TrimSpace(out), "\n") {
+				if !strings.HasPrefix(l, "time=") {
+					lines = append(lines, l)
+				}
+			}
+			if len(lines) != 2 {
+				t.Fatalf("%s: ls printed %q", tg.name, out)
+			}
+			for _, line := range lines {
+				f := strings.Fields(line)
+				if len(f) < 4 || f[2] != "0" || f[3] != "0" {
+					t.Fatalf("%s: in the container %q is not root's: the rootfs is not ID-mapped", tg.name, line)
+				}
+			}
+			// The snapshotter did it, not a chowned copy made by the client:
+			// the snapshot's mounts carry the mappings and no other snapshot
+			// than the image's layer and the container's exists.
+			b, err = exec.CommandContext(ctx, ctr2Bin(t), "--address", tg.socket, "--namespace", ns,
+				"run", "-d", "--uidmap", "0:1000:65535", "--gidmap", "0:2000:65535", "--remap-labels",
+				ref, "idmapped-d", "sleep", "1000").CombinedOutput()
+			if err != nil {
+				t.Fatalf("%s: ctr 2 run -d --remap-labels: %v\n%s", tg.name, err, b)
+			}
+			mounts := tg.mustCtr(t, ns, "snapshots", "mounts", "/mnt", "idmapped-d")
+			if !strings.Contains(mounts, "uidmap=0:1000:65535") || !strings.Contains(mounts, "gidmap=0:2000:65535") {
+				t.Fatalf("%s: the snapshot's mounts lack the ID mappings: %s", tg.name, mounts)
+			}
+			if snaps := strings.Split(strings.TrimSpace(tg.mustCtr(t, ns, "snapshots", "ls")), "\n"); len(snaps) != 3 {
+				t.Fatalf("%s: want the header, one layer and the container's snapshot:\n%s", tg.name, strings.Join(snaps, "\n"))
+			}
+			tg.mustCtr(t, ns, "tasks", "kill", "-s", "SIGKILL", "idmapped-d")
+		})
+	}
+}

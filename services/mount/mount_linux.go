@@ -9,7 +9,9 @@
 // not fit in the one page mount(2) takes (mounted with fsopen(2), one lower
 // directory at a time, on Linux 6.8+; on older kernels, such as Debian 12's
 // 6.1, with the lower directories named relative to their common parent, as
-// containerd does), and any other filesystem the kernel knows by type.
+// containerd does), and any other filesystem the kernel knows by type. Bind
+// and overlay mounts with containerd's uidmap= and gidmap= options are
+// ID-mapped (see idmap_linux.go).
 //
 // Errors are wrapped with the mount they concern and classified with errdefs:
 // a missing source or target is NotFound, an option or type the kernel
@@ -122,8 +124,28 @@ func Mount(m *types.Mount, target string) error {
 			return fmt.Errorf("bind mount source %q: %w", m.GetSource(), errdefs.ErrNotFound)
 		}
 	}
-	joined := strings.Join(data, ",")
 	what := fmt.Sprintf("mount %s %q on %s", orBind(typ), m.GetSource(), target)
+	userns := -1
+	if uidmap, gidmap, rest := idMapOptions(data); uidmap != "" || gidmap != "" {
+		if uidmap == "" || gidmap == "" || (typ != "overlay" && !bind) || bits&unix.MS_REMOUNT != 0 {
+			return fmt.Errorf("%s: uidmap and gidmap go together, on a new bind or overlay mount: %w", what, errdefs.ErrInvalidArgument)
+		}
+		fd, err := usernsFD(uidmap, gidmap)
+		if err != nil {
+			return fmt.Errorf("%s: %w", what, err)
+		}
+		defer unix.Close(fd)
+		userns, data = fd, rest
+		if typ == "overlay" {
+			mapped, release, err := idMappedLowers(data, userns)
+			if err != nil {
+				return classify(fmt.Errorf("%s: %w", what, err), err)
+			}
+			defer release()
+			data = mapped
+		}
+	}
+	joined := strings.Join(data, ",")
 	switch {
 	case typ == "overlay" && len(joined) >= os.Getpagesize()-1:
 		err := overlayFS(target, bits, data)
@@ -136,7 +158,11 @@ func Mount(m *types.Mount, target string) error {
 	case bind && bits&unix.MS_REMOUNT == 0:
 		// A new bind mount ignores the per-mount flags; they take effect
 		// by remounting it.
-		if err := unix.Mount(m.GetSource(), target, "", bits&(unix.MS_BIND|unix.MS_REC), joined); err != nil {
+		if userns >= 0 {
+			if err := idMappedBind(m.GetSource(), target, bits&unix.MS_REC != 0, userns); err != nil {
+				return classify(fmt.Errorf("%s: %w", what, err), err)
+			}
+		} else if err := unix.Mount(m.GetSource(), target, "", bits&(unix.MS_BIND|unix.MS_REC), joined); err != nil {
 			return classify(fmt.Errorf("%s: %w", what, err), err)
 		}
 		if bits&perMount != 0 {

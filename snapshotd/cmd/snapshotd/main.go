@@ -21,6 +21,7 @@ import (
 	"github.com/flotilla/flotilla/services/dial"
 	"github.com/flotilla/flotilla/services/holdings"
 	"github.com/flotilla/flotilla/services/introspect"
+	"github.com/flotilla/flotilla/services/mount"
 	"github.com/flotilla/flotilla/services/server"
 	"github.com/flotilla/flotilla/snapshotd/diff/content"
 	diffservice "github.com/flotilla/flotilla/snapshotd/diff/service"
@@ -89,6 +90,8 @@ func spec(cfg *snapshotdConfig) daemon.Spec {
 					// platform, as containerd's snapshotters report it
 					// (the 2.x client's WithSnapshotterPlatformCheck reads it).
 					Platforms: hostPlatforms,
+					// Which backend can do what containerd's clients ask.
+					Capabilities: capabilities(st.Path),
 				}
 				if st.State == host.StateFailed {
 					p.InitErr = &rpcstatus.Status{Code: int32(codes.Unavailable), Message: st.Error}
@@ -103,6 +106,19 @@ func spec(cfg *snapshotdConfig) daemon.Spec {
 			return err
 		},
 	}
+}
+
+// capabilities are the introspection capabilities of the backend run from
+// binary. Flotilla's overlayfs backend mounts snapshots with ID-mapping
+// labels ID-mapped, as containerd's overlay snapshotter does, where the
+// kernel can (5.19+): "remap-ids" tells containerd's clients not to chown a
+// copy of the image themselves. (The plugin protocol does not carry
+// capabilities yet; until it does they are known by binary.)
+func capabilities(binary string) []string {
+	if filepath.Base(binary) == "snapshotter-overlayfs" && mount.IDMappedOverlaySupported() {
+		return []string{"remap-ids"}
+	}
+	return nil
 }
 
 func setup(ctx context.Context, srv *server.Server, cfg *snapshotdConfig) (*host.Host, error) {

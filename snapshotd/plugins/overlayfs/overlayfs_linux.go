@@ -17,6 +17,7 @@ import (
 	"github.com/containerd/errdefs"
 	"golang.org/x/sys/unix"
 
+	"github.com/flotilla/flotilla/services/mount"
 	"github.com/flotilla/flotilla/snapshotd/plugins/metastore"
 	"github.com/flotilla/flotilla/snapshotd/plugins/snapdir"
 	"github.com/flotilla/flotilla/snapshotd/snapshotter"
@@ -104,7 +105,11 @@ func (s *Snapshotter) Mounts(ctx context.Context, key string) ([]snapshotter.Mou
 	if err != nil {
 		return nil, fmt.Errorf("mounts: %w", err)
 	}
-	return s.mounts(snap), nil
+	_, info, _, err := s.MS.Info(key)
+	if err != nil {
+		return nil, fmt.Errorf("mounts: %w", err)
+	}
+	return s.mounts(snap, info.Labels), nil
 }
 
 // Prepare implements snapshotter.Snapshotter.
@@ -118,11 +123,27 @@ func (s *Snapshotter) View(ctx context.Context, key, parent string, opts ...snap
 }
 
 func (s *Snapshotter) create(kind snapshotter.Kind, key, parent string, opts []snapshotter.Opt) ([]snapshotter.Mount, error) {
+	var info snapshotter.Info
+	for _, o := range opts {
+		if err := o(&info); err != nil {
+			return nil, err
+		}
+	}
+	mapped, uid, gid, err := mappedRoot(info.Labels)
+	if err != nil {
+		return nil, err
+	}
 	snap, err := s.MS.Create(key, parent, kind, opts, func(snap metastore.Snapshot) error {
 		if err := s.MakeDir(snap.ID); err != nil {
 			return err
 		}
-		if err := ownLikeParent(s.FS(snap.ID), snap.ParentIDs, s.FS); err != nil {
+		var err error
+		if mapped {
+			err = os.Lchown(s.FS(snap.ID), uid, gid)
+		} else {
+			err = ownLikeParent(s.FS(snap.ID), snap.ParentIDs, s.FS)
+		}
+		if err != nil {
 			os.RemoveAll(s.Dir(snap.ID))
 			return err
 		}
@@ -137,7 +158,46 @@ func (s *Snapshotter) create(kind snapshotter.Kind, key, parent string, opts []s
 	if err != nil {
 		return nil, err
 	}
-	return s.mounts(snap), nil
+	return s.mounts(snap, info.Labels), nil
+}
+
+// Labels with which containerd's clients (WithRemapperLabels,
+// WithUserNSRemapperLabels) ask for an ID-mapped snapshot: mappings
+// "C:H:S[,C:H:S…]" of container IDs to host IDs.
+const (
+	LabelUIDMapping = "containerd.io/snapshot/uidmapping"
+	LabelGIDMapping = "containerd.io/snapshot/gidmapping"
+)
+
+// mappedRoot is the host UID and GID of the container's root in the
+// snapshot's ID-mapping labels; mapped is false without them.
+func mappedRoot(labels map[string]string) (mapped bool, uid, gid int, err error) {
+	uidmap, gidmap := labels[LabelUIDMapping], labels[LabelGIDMapping]
+	if uidmap == "" && gidmap == "" {
+		return false, 0, 0, nil
+	}
+	if uidmap == "" || gidmap == "" {
+		return false, 0, 0, fmt.Errorf("labels %s and %s go together: %w", LabelUIDMapping, LabelGIDMapping, errdefs.ErrInvalidArgument)
+	}
+	host := func(name, v string) (int, error) {
+		ms, err := mount.ParseIDMap(v)
+		if err != nil {
+			return 0, fmt.Errorf("label %s: %w", name, err)
+		}
+		for _, m := range ms {
+			if m.ContainerID <= 0 && 0 < m.ContainerID+m.Size {
+				return m.HostID - m.ContainerID, nil
+			}
+		}
+		return 0, fmt.Errorf("label %s=%q maps no root: %w", name, v, errdefs.ErrInvalidArgument)
+	}
+	if uid, err = host(LabelUIDMapping, uidmap); err != nil {
+		return false, 0, 0, err
+	}
+	if gid, err = host(LabelGIDMapping, gidmap); err != nil {
+		return false, 0, 0, err
+	}
+	return true, uid, gid, nil
 }
 
 // ownLikeParent gives a new snapshot's upper directory the owner of its
@@ -162,19 +222,28 @@ func ownLikeParent(upper string, parentIDs []string, fs func(string) string) err
 // a bind mount of its directory; a view of one parent binds that parent
 // read-only; otherwise an overlay whose lowerdirs are the parents, nearest
 // first, with the snapshot's upper and work directories when active.
-func (s *Snapshotter) mounts(snap metastore.Snapshot) []snapshotter.Mount {
+//
+// A snapshot with ID-mapping labels gets containerd's uidmap= and gidmap=
+// options on its mounts, so that the lower directories are mounted
+// ID-mapped (services/mount does it) and the image's root files are the
+// mapped root's, without a chown.
+func (s *Snapshotter) mounts(snap metastore.Snapshot, labels map[string]string) []snapshotter.Mount {
+	var idmap []string
+	if labels[LabelUIDMapping] != "" && labels[LabelGIDMapping] != "" {
+		idmap = []string{"uidmap=" + labels[LabelUIDMapping], "gidmap=" + labels[LabelGIDMapping]}
+	}
 	ro := snap.Kind == snapshotter.KindView
 	if len(snap.ParentIDs) == 0 {
-		return []snapshotter.Mount{bind(s.FS(snap.ID), ro)}
+		return []snapshotter.Mount{withOptions(bind(s.FS(snap.ID), ro), idmap)}
 	}
 	if ro && len(snap.ParentIDs) == 1 {
-		return []snapshotter.Mount{bind(s.FS(snap.ParentIDs[0]), true)}
+		return []snapshotter.Mount{withOptions(bind(s.FS(snap.ParentIDs[0]), true), idmap)}
 	}
 	lowers := make([]string, len(snap.ParentIDs))
 	for i, id := range snap.ParentIDs {
 		lowers[i] = s.FS(id)
 	}
-	var options []string
+	options := append([]string(nil), idmap...)
 	if !ro {
 		options = append(options,
 			"workdir="+filepath.Join(s.Dir(snap.ID), "work"),
@@ -182,6 +251,11 @@ func (s *Snapshotter) mounts(snap metastore.Snapshot) []snapshotter.Mount {
 	}
 	options = append(options, "lowerdir="+strings.Join(lowers, ":"))
 	return []snapshotter.Mount{{Type: "overlay", Source: "overlay", Options: options}}
+}
+
+func withOptions(m snapshotter.Mount, options []string) snapshotter.Mount {
+	m.Options = append(append([]string(nil), options...), m.Options...)
+	return m
 }
 
 func bind(source string, ro bool) snapshotter.Mount {
