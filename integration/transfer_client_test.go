@@ -3,6 +3,7 @@ package integration
 import (
 	"context"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -30,6 +31,9 @@ func TestTransferGoClient2PullsUnpacksAndTags(t *testing.T) {
 	defer client.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
+	if v, err := client.Version(ctx); err != nil || !strings.HasPrefix(v.Version, "2.") {
+		t.Errorf("server version %q (%v): a server whose Transfer path works reports containerd 2.x", v.Version, err)
+	}
 
 	src, err := registry.NewOCIRegistry(ctx, p.ref, registry.WithDefaultScheme("http"))
 	if err != nil {

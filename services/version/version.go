@@ -18,8 +18,10 @@ var (
 // end. Clients read containerd's Version answer as semver and pick what
 // they call by it (nerdctl wants 1.6 or later, and pulls through the
 // Transfer service from 2.0 on), so raise it only once every service of
-// that release works.
-const ContainerdAPI = "1.7.0"
+// that release works. 2.0: contentd serves the Transfer and Streaming APIs,
+// proven with ctr 2.x pull/push/import/export/tag and the 2.x Go client's
+// client.Transfer (integration/transfer_*_test.go).
+const ContainerdAPI = "2.0.0"
 
 // shortRevision is how many characters of a git revision the build
 // metadata keeps: enough to name a commit, short enough to read.

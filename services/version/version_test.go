@@ -19,16 +19,16 @@ func TestContainerdIsSemverWithFlotillaInBuildMetadata(t *testing.T) {
 		name, version, revision, want string
 	}{
 		{"a development build", "0.1.0-dev", "6097317c0fbadf4803eafc7fc8a60e93be21a4e4",
-			"1.7.0+flotilla.0.1.0-dev.6097317c0fba"},
+			"2.0.0+flotilla.0.1.0-dev.6097317c0fba"},
 		{"a tagged release with a v", "v1.2.3", "abcdef0",
-			"1.7.0+flotilla.v1.2.3.abcdef0"},
+			"2.0.0+flotilla.v1.2.3.abcdef0"},
 		{"git describe of a dirty tree", "v1.2.3-4-gabcdef0-dirty", "unknown",
-			"1.7.0+flotilla.v1.2.3-4-gabcdef0-dirty.unknown"},
+			"2.0.0+flotilla.v1.2.3-4-gabcdef0-dirty.unknown"},
 		{"characters semver forbids become hyphens", "1.0+local/build_7", "rev:1",
-			"1.7.0+flotilla.1.0-local-build-7.rev-1"},
-		{"empty identifiers are dropped", "..1..", "", "1.7.0+flotilla.1"},
+			"2.0.0+flotilla.1.0-local-build-7.rev-1"},
+		{"empty identifiers are dropped", "..1..", "", "2.0.0+flotilla.1"},
 		{"a long revision that is not hex is kept whole", "1", "not-a-hex-revision-at-all",
-			"1.7.0+flotilla.1.not-a-hex-revision-at-all"},
+			"2.0.0+flotilla.1.not-a-hex-revision-at-all"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			Version, Revision = tc.version, tc.revision
