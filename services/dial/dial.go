@@ -48,7 +48,8 @@ func Options() []grpc.DialOption {
 		grpc.WithInitialConnWindowSize(server.ConnWindow),
 		grpc.WithReadBufferSize(server.IOBuffer),
 		grpc.WithWriteBufferSize(server.IOBuffer),
-		grpc.WithDefaultCallOptions(grpc.ForceCodecV2(server.Codec{})),
+		grpc.WithDefaultCallOptions(grpc.ForceCodecV2(server.Codec{}),
+			grpc.MaxCallRecvMsgSize(server.MaxMsgSize), grpc.MaxCallSendMsgSize(server.MaxMsgSize)),
 	}
 }
 

@@ -39,6 +39,12 @@ const (
 	IOBuffer     = 256 << 10
 )
 
+// MaxMsgSize bounds every message a server or client of the kit sends or
+// receives: containerd's 16 MiB, so a message containerd takes (a large
+// content read, a big list) is not refused with "received message larger
+// than max" as under gRPC's 4 MiB default.
+const MaxMsgSize = 16 << 20
+
 // Server is one daemon's gRPC server with everything around it.
 type Server struct {
 	name     string
@@ -107,6 +113,8 @@ func New(name string, cfg config.Common, log *slog.Logger, opts ...Option) *Serv
 	grpcOpts := append([]grpc.ServerOption{
 		grpc.ChainUnaryInterceptor(metrics.UnaryServerInterceptor(), errorsUnary, logUnary(log), namespaceUnary, stop.unary),
 		grpc.ChainStreamInterceptor(metrics.StreamServerInterceptor(), errorsStream, logStream(log), namespaceStream, stop.stream),
+		grpc.MaxRecvMsgSize(MaxMsgSize),
+		grpc.MaxSendMsgSize(MaxMsgSize),
 		// Blobs and layers move in 1 MiB messages: windows that hold several
 		// of them keep a sender from stalling on flow control, and larger
 		// buffers cut the syscalls per message.

@@ -67,6 +67,7 @@ func Start(ctx context.Context, cfg Config) (*Process, error) {
 		Plugins:          Plugins(),
 		Cmd:              cmd,
 		AllowedProtocols: []plugin.Protocol{plugin.ProtocolGRPC},
+		GRPCDialOptions:  dialOptions(),
 		Logger:           logger(cfg.Logger),
 		Stderr:           cfg.Stderr,
 	})
@@ -100,6 +101,7 @@ func Attach(ctx context.Context, cfg Config, r Reattach) (*Process, error) {
 		HandshakeConfig:  Handshake,
 		Plugins:          Plugins(),
 		AllowedProtocols: []plugin.Protocol{plugin.ProtocolGRPC},
+		GRPCDialOptions:  dialOptions(),
 		Logger:           logger(cfg.Logger),
 		Reattach: &plugin.ReattachConfig{
 			Protocol:        plugin.ProtocolGRPC,

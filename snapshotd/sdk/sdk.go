@@ -87,6 +87,22 @@ func Fail(err error) {
 	os.Exit(1)
 }
 
+// MaxMsgSize bounds the messages between snapshotd and a plugin, both ways:
+// containerd's 16 MiB, as on every other connection of Flotilla (a List of
+// many snapshots is one message), instead of gRPC's 4 MiB default.
+const MaxMsgSize = 16 << 20
+
+// grpcServer is go-plugin's server with the message limits of MaxMsgSize.
+func grpcServer(opts []grpc.ServerOption) *grpc.Server {
+	return grpc.NewServer(append(opts, grpc.MaxRecvMsgSize(MaxMsgSize), grpc.MaxSendMsgSize(MaxMsgSize))...)
+}
+
+// dialOptions are the client's side of MaxMsgSize.
+func dialOptions() []grpc.DialOption {
+	return []grpc.DialOption{grpc.WithDefaultCallOptions(
+		grpc.MaxCallRecvMsgSize(MaxMsgSize), grpc.MaxCallSendMsgSize(MaxMsgSize))}
+}
+
 // Serve serves impl to snapshotd until snapshotd asks the plugin to stop,
 // then closes impl and exits. It never unmounts anything.
 //
@@ -105,7 +121,7 @@ func Serve(impl snapshotter.Snapshotter) {
 	plugin.Serve(&plugin.ServeConfig{
 		HandshakeConfig: Handshake,
 		Plugins:         plugin.PluginSet{PluginName: &Plugin{Impl: impl}},
-		GRPCServer:      plugin.DefaultGRPCServer,
+		GRPCServer:      grpcServer,
 		Logger:          logger,
 	})
 	if err := impl.Close(); err != nil {
