@@ -355,6 +355,21 @@ func runCtr2Scenarios(t *testing.T, c ctrClient, ref string, target ocispec.Desc
 			t.Errorf("run of the imported image: %v %q %s", err, out, errOut)
 		}
 	})
+	t.Run("run --log-uri file:// keeps every line", func(t *testing.T) {
+		log := filepath.Join(t.TempDir(), "out.log")
+		c.must(t, "run", "--rm", "--log-uri", "file://"+log, ref, "logged", "sh", "-c", "for i in $(seq 1 50); do echo line $i; done")
+		b, err := os.ReadFile(log)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var want strings.Builder
+		for i := 1; i <= 50; i++ {
+			fmt.Fprintf(&want, "line %d\n", i)
+		}
+		if string(b) != want.String() {
+			t.Errorf("log file holds %q", b)
+		}
+	})
 	t.Run("plugins ls lists the snapshotters", func(t *testing.T) {
 		out := c.must(t, "plugins", "ls")
 		if !strings.Contains(out, "io.containerd.snapshotter.v1") || !strings.Contains(out, "overlayfs") {
