@@ -257,7 +257,8 @@ func TestFlotctlContainerLifecycle(t *testing.T) {
 	ns := "flotctl-life"
 	s := startRunStack(t, ns, nil)
 	fc := flotctlOn{t: t, address: s.Socket, ns: ns}
-	testLifecycle(t, fc, s.ref, false)
+	t.Run("attached", func(t *testing.T) { testLifecycle(t, fc, s.ref, false) })
+	t.Run("detached, with logs", func(t *testing.T) { testLifecycle(t, fc, s.ref, true) })
 }
 
 // testLifecycle is the lifecycle test against any endpoint: an attached

@@ -116,7 +116,7 @@ var transferTargets = []transferTarget{
 		s := startStack(t)
 		stopPluginsOnCleanup(t, s)
 		return s.Socket
-	}, false},
+	}, true},
 }
 
 // imageTarget reads one image's target digest from `flotctl images ls`.
