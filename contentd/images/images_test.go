@@ -167,10 +167,10 @@ func TestErrors(t *testing.T) {
 				map[string]string{"k": strings.Repeat("v", metadata.MaxLabelSize)})})
 			return err
 		}, errdefs.IsInvalidArgument, "label"},
-		{"create without a namespace is InvalidArgument", func() error {
+		{"create without a namespace is FailedPrecondition", func() error {
 			_, err := c.Create(context.Background(), &api.CreateImageRequest{Image: image("x", digestA, nil)})
 			return err
-		}, errdefs.IsInvalidArgument, "namespace"},
+		}, errdefs.IsFailedPrecondition, "namespace"},
 		{"get of a missing image is NotFound", func() error {
 			_, err := c.Get(ctx, &api.GetImageRequest{Name: "nothere"})
 			return err

@@ -96,10 +96,10 @@ func TestErrors(t *testing.T) {
 			_, err := c.Create(ctx, &api.CreateRequest{ID: "x", Labels: map[string]string{LabelExpire: "tomorrow"}})
 			return err
 		}, errdefs.IsInvalidArgument, LabelExpire},
-		{"create without a namespace is InvalidArgument", func() error {
+		{"create without a namespace is FailedPrecondition", func() error {
 			_, err := c.Create(context.Background(), &api.CreateRequest{ID: "x"})
 			return err
-		}, errdefs.IsInvalidArgument, "namespace"},
+		}, errdefs.IsFailedPrecondition, "namespace"},
 		{"delete of a missing lease is NotFound", func() error {
 			_, err := c.Delete(ctx, &api.DeleteRequest{ID: "nothere"})
 			return err

@@ -187,9 +187,9 @@ func TestNamespaces(t *testing.T) {
 func TestRequests(t *testing.T) {
 	c, rec := serve(t)
 	ctx := ns("default")
-	t.Run("a call without a namespace is InvalidArgument", func(t *testing.T) {
+	t.Run("a call without a namespace is FailedPrecondition", func(t *testing.T) {
 		_, err := c.Stat(context.Background(), &snapshotsapi.StatSnapshotRequest{Snapshotter: "native", Key: "k"})
-		if !errdefs.IsInvalidArgument(errgrpc.ToNative(err)) {
+		if !errdefs.IsFailedPrecondition(errgrpc.ToNative(err)) {
 			t.Fatalf("err = %v", err)
 		}
 	})

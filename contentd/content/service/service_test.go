@@ -112,8 +112,8 @@ func TestManage(t *testing.T) {
 			t.Fatalf("error %v", err)
 		}
 	})
-	t.Run("a call without a namespace is InvalidArgument", func(t *testing.T) {
-		if _, err := client.Info(context.Background(), &api.InfoRequest{Digest: a.String()}); !errdefs.IsInvalidArgument(err) {
+	t.Run("a call without a namespace is FailedPrecondition, as containerd answers it", func(t *testing.T) {
+		if _, err := client.Info(context.Background(), &api.InfoRequest{Digest: a.String()}); !errdefs.IsFailedPrecondition(err) {
 			t.Fatalf("error %v", err)
 		}
 	})
