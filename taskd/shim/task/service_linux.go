@@ -724,12 +724,19 @@ func (s *Service) runExec(ctx context.Context, c *container, p *process) (int, e
 	p.streams = streams
 	size := p.ptySize
 	s.mu.Unlock()
+	spec := *p.spec
 	if size != nil {
 		_ = streams.Resize(size[0], size[1])
+		// runc starts the process before the shim receives the pty, so a
+		// resize then would race the process's first look at its size;
+		// the spec's consoleSize has runc size the pty before it runs.
+		if spec.Terminal {
+			spec.ConsoleSize = &specs.Box{Width: uint(size[0]), Height: uint(size[1])}
+		}
 	}
 	pidFile := filepath.Join(c.bundle, p.execID+".pid")
 	defer os.Remove(pidFile)
-	err = c.runtime.Exec(ctx, c.id, *p.spec, &runc.ExecOpts{
+	err = c.runtime.Exec(ctx, c.id, spec, &runc.ExecOpts{
 		PidFile:       pidFile,
 		IO:            streams.IO(),
 		ConsoleSocket: streams.ConsoleSocket(),
