@@ -52,7 +52,8 @@ func subscribe(t *testing.T, s *Stack) <-chan eventLine {
 		if i == 100 {
 			t.Fatal("ctr events never reported a probe namespace")
 		}
-		probe := fmt.Sprintf("probe-%d", i)
+		// Unique per subscription: a test may subscribe again.
+		probe := fmt.Sprintf("probe-%d-%d", time.Now().UnixNano(), i)
 		s.MustCtr(probe, "namespaces", "create", probe)
 		deadline := time.After(100 * time.Millisecond)
 	wait:

@@ -213,7 +213,7 @@ func testDockerLiveRestore(t *testing.T, d *dockerd) {
 		tty                bool
 	}
 	var ctrs []*ctr
-	for _, tty := range []bool{true} {
+	for _, tty := range []bool{false, true} {
 		c := &ctr{name: fmt.Sprintf("live-%v-%d", tty, os.Getpid()), progress: t.TempDir(), tty: tty}
 		args := []string{"run", "-d", "--network", "none", "--name", c.name, "-v", c.progress + ":/out"}
 		if tty {

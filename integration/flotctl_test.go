@@ -310,15 +310,18 @@ func testLifecycle(t *testing.T, fc flotctlOn, ref string, detach bool) {
 	}
 
 	var follow *exec.Cmd
-	var followOut bytes.Buffer
+	var followOut syncBuffer
 	if detach {
-		if out := fc.must("logs", id); out != "started\n" {
-			t.Errorf("logs printed %q", out)
-		}
+		// run -d answers once the task has started, which can be before
+		// its first line reached the log: follow it until it has.
 		follow = fc.cmd(context.Background(), "logs", "-f", id)
 		follow.Stdout = &followOut
 		if err := follow.Start(); err != nil {
 			t.Fatal(err)
+		}
+		followOut.waitFor(t, regexp.MustCompile("started\n"))
+		if out := fc.must("logs", id); out != "started\n" {
+			t.Errorf("logs printed %q", out)
 		}
 	}
 	fc.must("kill", "--signal", "SIGKILL", id)

@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -16,6 +17,8 @@ import (
 	namespacesapi "github.com/containerd/containerd/api/services/namespaces/v1"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+
+	"go.yaml.in/yaml/v3"
 
 	"github.com/flotilla/flotilla/flotctl/stack"
 )
@@ -186,6 +189,7 @@ func TestMetricsCountCalls(t *testing.T) {
 }
 
 func TestGatewayNamesAnUnavailableBackendAndRecovers(t *testing.T) {
+	skipInOneProcess(t, "the gateway and contentd live and die together")
 	s := startStack(t)
 	s.MustCtr("default", "namespaces", "create", "before")
 	gatewayPid := s.Pid("gateway")
@@ -229,6 +233,24 @@ func TestStackStatusShowsEveryService(t *testing.T) {
 			t.Errorf("status lacks a healthy line for %s:\n%s", svc.Name, out)
 		}
 	}
+	if oneProcess() {
+		// The node is one process: killed, every service is unreachable,
+		// and flotctl, finding no gateway, asks each socket and says so.
+		s.Kill9("gateway")
+		cmd := exec.Command(filepath.Join(binDir, "flotctl"), "--address", s.Socket, "stack", "status")
+		cmd.Env = append(os.Environ(), "FLOTILLA_ROOT="+s.Layout.Root, "FLOTILLA_STATE="+s.Layout.State,
+			"FLOTILLA_METRICS_PORT="+strconv.Itoa(s.Layout.MetricsBasePort))
+		out, err = cmd.Output()
+		if err == nil {
+			t.Errorf("stack status with the process down exited 0")
+		}
+		for _, name := range stack.Order {
+			if !regexp.MustCompile(`(?m)^` + name + `\s+\S+\s+UNREACHABLE`).MatchString(string(out)) {
+				t.Errorf("status with the process down does not show %s unreachable:\n%s", name, out)
+			}
+		}
+		return
+	}
 	s.Kill9("snapshotd")
 	out, _ = exec.Command(filepath.Join(binDir, "flotctl"), "--address", s.Socket, "stack", "status").CombinedOutput()
 	if !regexp.MustCompile(`(?m)^snapshotd\s+\S+\s+UNREACHABLE`).MatchString(string(out)) {
@@ -252,15 +274,25 @@ func TestStackStatusShowsEveryService(t *testing.T) {
 }
 
 func TestEveryDaemonExplainsItself(t *testing.T) {
-	for _, name := range stack.Order {
+	for _, name := range append(slices.Clone(stack.Order), stack.ProcessName) {
 		t.Run(name, func(t *testing.T) {
 			out, err := exec.Command(filepath.Join(binDir, name), "--help").CombinedOutput()
 			if err != nil {
 				t.Fatalf("%s --help: %v\n%s", name, err, out)
 			}
-			for _, flag := range []string{"-address", "-root", "-state", "-metrics-address", "-config", "-log-level"} {
-				if !strings.Contains(string(out), flag) {
-					t.Errorf("%s --help does not mention %s", name, flag)
+			// flotilla takes each component's flags as -<component>.<flag>.
+			prefixes := []string{"-"}
+			if name == stack.ProcessName {
+				prefixes = nil
+				for _, c := range stack.Order {
+					prefixes = append(prefixes, "-"+c+".")
+				}
+			}
+			for _, p := range prefixes {
+				for _, flag := range []string{"address", "root", "state", "metrics-address", "config", "log-level"} {
+					if !strings.Contains(string(out), p+flag) {
+						t.Errorf("%s --help does not mention %s", name, p+flag)
+					}
 				}
 			}
 		})
@@ -280,6 +312,7 @@ func TestMakeUpDownRepeatedly(t *testing.T) {
 		"FLOTILLA_ROOT="+filepath.Join(dir, "root"),
 		"FLOTILLA_STATE="+filepath.Join(dir, "state"),
 		"FLOTILLA_METRICS_PORT="+strconv.Itoa(freePortRange(t, len(stack.Order))),
+		"FLOTILLA_MODE="+string(mode),
 	)
 	l := stack.DefaultLayout(binDir)
 	l.Root, l.State = filepath.Join(dir, "root"), filepath.Join(dir, "state")
@@ -317,7 +350,11 @@ func TestMakeUpDownRepeatedly(t *testing.T) {
 		down()
 	}
 	make("up")
-	for _, name := range stack.Order {
+	names := stack.Order
+	if oneProcess() {
+		names = []string{stack.ProcessName}
+	}
+	for _, name := range names {
 		b, _ := os.ReadFile(l.PidFile(name))
 		pid, _ := strconv.Atoi(strings.TrimSpace(string(b)))
 		if pid <= 0 {
@@ -336,24 +373,152 @@ func TestMakeUpDownRepeatedly(t *testing.T) {
 func TestComposeFileIsValid(t *testing.T) {
 	requireTool(t, "docker-compose")
 	repo, _ := filepath.Abs("..")
-	out, err := exec.Command("docker-compose", "-f", filepath.Join(repo, "compose.yaml"), "config", "--services").CombinedOutput()
+	// docker-compose reads the file and resolves its anchors; what it
+	// prints is checked against the binaries (no Docker engine here to run
+	// it).
+	out, err := exec.Command("docker-compose", "-f", filepath.Join(repo, "compose.yaml"), "config").Output()
 	if err != nil {
 		t.Fatalf("docker-compose config: %v\n%s", err, out)
 	}
-	got := strings.Fields(string(out))
-	for _, want := range append([]string{"redis"}, stack.Order...) {
-		found := false
-		for _, g := range got {
-			found = found || g == want
+	var file struct {
+		Services map[string]struct {
+			Image      string   `yaml:"image"`
+			Entrypoint []string `yaml:"entrypoint"`
+			Command    []string `yaml:"command"`
+		} `yaml:"services"`
+	}
+	if err := yaml.Unmarshal(out, &file); err != nil {
+		t.Fatalf("docker-compose config printed what is not YAML: %v", err)
+	}
+	helps := map[string]string{}
+	help := func(args ...string) string {
+		key := strings.Join(args, " ")
+		if h, ok := helps[key]; ok {
+			return h
 		}
-		if !found {
-			t.Errorf("compose.yaml has no service %s (has %v)", want, got)
+		// Go's flag package prints the usage on -help and exits 2.
+		b, _ := exec.Command(filepath.Join(binDir, args[0]), append(args[1:], "--help")...).CombinedOutput()
+		helps[key] = string(b)
+		return helps[key]
+	}
+	// checkFlags fails for every flag in args that binary's help does not list.
+	checkFlags := func(service string, binary []string, args []string) {
+		for _, a := range args {
+			if !strings.HasPrefix(a, "-") {
+				continue
+			}
+			name, _, _ := strings.Cut(strings.TrimLeft(a, "-"), "=")
+			if !regexp.MustCompile(`(?m)^\s+(-\w, )?--?` + regexp.QuoteMeta(name) + `(\s|$)`).MatchString(help(binary...)) {
+				t.Errorf("service %s: %s takes no flag --%s", service, strings.Join(binary, " "), name)
+			}
 		}
+	}
+	flagValue := func(args []string, name string) string {
+		for i, a := range args {
+			if a == "--"+name && i+1 < len(args) {
+				return args[i+1]
+			}
+			if v, ok := strings.CutPrefix(a, "--"+name+"="); ok {
+				return v
+			}
+		}
+		return ""
+	}
+
+	// The certs job: every flotctl line's flags, and what it issues for
+	// which names.
+	certs, ok := file.Services["certs"]
+	if !ok {
+		t.Fatal("compose.yaml has no certs job")
+	}
+	issued := map[string][]string{} // certificate name -> hosts
+	for _, line := range strings.Split(strings.Join(certs.Command, "\n"), "\n") {
+		words := strings.Fields(line)
+		if len(words) < 3 || words[0] != "flotctl" {
+			continue
+		}
+		checkFlags("certs", words[:3], words[3:])
+		if words[2] == "issue" {
+			name := words[len(words)-1]
+			for i, w := range words {
+				if w == "--host" && i+1 < len(words) {
+					issued[name] = append(issued[name], words[i+1])
+				}
+			}
+			if _, ok := issued[name]; !ok {
+				issued[name] = nil
+			}
+		}
+	}
+	if len(issued) == 0 {
+		t.Fatal("the certs job issues no certificate with flotctl certs issue")
+	}
+	certFor := func(service, path string) {
+		name := strings.TrimSuffix(filepath.Base(path), ".pem")
+		hosts, ok := issued[name]
+		if !ok {
+			t.Errorf("service %s uses %s, which the certs job does not issue", service, path)
+		} else if !slices.Contains(hosts, service) {
+			t.Errorf("service %s uses certificate %s, issued for %v, not for the name it is reached by", service, name, hosts)
+		}
+	}
+	if r, ok := file.Services["redis"]; !ok {
+		t.Error("compose.yaml has no redis")
+	} else {
+		certFor("redis", flagValue(r.Command, "tls-cert-file"))
+	}
+
+	nodes := map[string][]string{} // node -> components on it
+	for name, svc := range file.Services {
+		component, ok := strings.CutPrefix(svc.Image, "flotilla/")
+		if !ok || len(svc.Entrypoint) > 0 {
+			continue
+		}
+		if !slices.Contains(stack.Order, component) {
+			t.Errorf("service %s runs image %s, which is no Flotilla component", name, svc.Image)
+			continue
+		}
+		checkFlags(name, []string{component}, svc.Command)
+		node := flagValue(svc.Command, "node")
+		if node == "" {
+			t.Errorf("service %s names no --node", name)
+		}
+		nodes[node] = append(nodes[node], component)
+		if cert := flagValue(svc.Command, "tls-cert"); cert == "" {
+			t.Errorf("service %s has no certificate (--tls-cert)", name)
+		} else {
+			certFor(name, cert)
+		}
+		if adv := flagValue(svc.Command, "advertise-address"); adv != "" && !strings.HasPrefix(adv, name+":") {
+			t.Errorf("service %s advertises %s, not its own name", name, adv)
+		}
+		if !strings.HasPrefix(flagValue(svc.Command, "discovery"), "rediss://redis:") {
+			t.Errorf("service %s does not find the others through Redis over TLS (--discovery %q)", name, flagValue(svc.Command, "discovery"))
+		}
+	}
+	// A content tier and two nodes, each with its own gateway, eventd,
+	// snapshotd and taskd.
+	var workers []string
+	for node, components := range nodes {
+		slices.Sort(components)
+		switch {
+		case slices.Contains(components, "contentd"):
+			if !slices.Contains(components, "eventd") {
+				t.Errorf("the content tier (node %s) has no eventd: %v", node, components)
+			}
+		case slices.Equal(components, []string{"eventd", "gateway", "snapshotd", "taskd"}):
+			workers = append(workers, node)
+		default:
+			t.Errorf("node %s runs %v, want gateway, eventd, snapshotd and taskd", node, components)
+		}
+	}
+	if len(workers) != 2 {
+		t.Errorf("compose.yaml has %d nodes running containers (%v), want two", len(workers), workers)
 	}
 }
 
 // TestBackendOverTCP runs contentd on a TCP address, as it would on another
-// host, and the gateway in front of it.
+// host, and the gateway in front of it, over mutual TLS.
 func TestBackendOverTCP(t *testing.T) {
 	dir, err := os.MkdirTemp("", "fltcp")
 	if err != nil {
@@ -372,8 +537,20 @@ func TestBackendOverTCP(t *testing.T) {
 		}
 		t.Cleanup(func() { cmd.Process.Signal(os.Interrupt); cmd.Wait(); logf.Close() })
 	}
-	start("contentd", "--address", "tcp://"+contentdAddr)
-	start("gateway", "--address", gatewaySock, "--contentd", "tcp://"+contentdAddr)
+	// TCP between services is mutual TLS only: a CA and a service
+	// certificate from flotctl, as a lab cluster makes them.
+	certsDir := filepath.Join(dir, "certs")
+	for _, args := range [][]string{
+		{"certs", "ca", "--dir", certsDir},
+		{"certs", "issue", "--dir", certsDir, "--role", "service", "--host", "127.0.0.1", "svc"},
+	} {
+		if out, err := exec.Command(filepath.Join(binDir, "flotctl"), args...).CombinedOutput(); err != nil {
+			t.Fatalf("flotctl %v: %v\n%s", args, err, out)
+		}
+	}
+	tlsFlags := []string{"--tls-ca", filepath.Join(certsDir, "ca.pem"), "--tls-cert", filepath.Join(certsDir, "svc.pem"), "--tls-key", filepath.Join(certsDir, "svc-key.pem")}
+	start("contentd", append([]string{"--address", "tcp://" + contentdAddr}, tlsFlags...)...)
+	start("gateway", append([]string{"--address", gatewaySock, "--contentd", "tcp://" + contentdAddr}, tlsFlags...)...)
 	s := &Stack{Socket: gatewaySock, t: t}
 	var out string
 	for i := 0; i < 100; i++ {

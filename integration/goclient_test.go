@@ -63,6 +63,15 @@ func TestGoClient(t *testing.T) {
 	}
 }
 
+// TestGoClientV1IsGenerated: the cases both Go clients run are written once,
+// in goclient/v2, and goclient/generate-v1.sh makes the 1.7 client's copy.
+func TestGoClientV1IsGenerated(t *testing.T) {
+	requireTool(t, "gofmt")
+	if out, err := exec.Command("sh", "goclient/generate-v1.sh", "-check").CombinedOutput(); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+}
+
 // buildGoClient compiles the test module in dir (relative to the
 // integration module) into the test binary out, outside the workspace.
 func buildGoClient(t *testing.T, goTool, dir, out string) {

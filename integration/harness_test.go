@@ -25,6 +25,34 @@ import (
 // or ../bin built by TestMain.
 var binDir string
 
+// mode is how the stacks the tests start run: each daemon a process of its
+// own (the default), or with FLOTILLA_MODE=one every component in one
+// flotilla process. make test runs the suite both ways.
+var mode = stack.Separate
+
+func init() {
+	if v := os.Getenv("FLOTILLA_MODE"); v != "" {
+		m, err := stack.ParseMode(v)
+		if err != nil {
+			panic(err)
+		}
+		mode = m
+	}
+}
+
+// oneProcess reports whether the tests run against one-process stacks.
+func oneProcess() bool { return mode == stack.OneProcess }
+
+// skipInOneProcess skips a test whose scenario does not exist when the
+// whole node is one process (one component down while the others serve),
+// saying why.
+func skipInOneProcess(t testing.TB, why string) {
+	t.Helper()
+	if oneProcess() {
+		t.Skipf("not in one-process mode: %s", why)
+	}
+}
+
 func TestMain(m *testing.M) {
 	binDir = os.Getenv("FLOTILLA_BIN")
 	if binDir == "" {
@@ -84,6 +112,7 @@ func startStackWith(t testing.TB, configure func(*stack.Layout)) *Stack {
 	l.State = filepath.Join(dir, "state")
 	l.MetricsBasePort = freePortRange(t, len(stack.Order))
 	l.LogLevel = "debug"
+	l.Mode = mode
 	if configure != nil {
 		configure(&l)
 	}
@@ -93,7 +122,7 @@ func startStackWith(t testing.TB, configure func(*stack.Layout)) *Stack {
 			t.Errorf("stack down: %v", err)
 		}
 		if t.Failed() {
-			for _, name := range stack.Order {
+			for _, name := range append(stack.Order, stack.ProcessName) {
 				b, _ := os.ReadFile(l.LogFile(name))
 				t.Logf("--- %s log ---\n%s", name, lastLines(string(b), 30))
 			}
@@ -125,9 +154,13 @@ func (s *Stack) Service(name string) stack.Service {
 	return stack.Service{}
 }
 
-// Pid returns the pid of daemon name from its pid file.
+// Pid returns the pid of daemon name from its pid file: in one-process mode
+// the pid of the process running every component.
 func (s *Stack) Pid(name string) int {
 	s.t.Helper()
+	if s.Layout.Mode == stack.OneProcess {
+		name = stack.ProcessName
+	}
 	b, err := os.ReadFile(s.Layout.PidFile(name))
 	if err != nil {
 		s.t.Fatal(err)
@@ -139,7 +172,19 @@ func (s *Stack) Pid(name string) int {
 	return pid
 }
 
-// Kill9 kills daemon name with SIGKILL and waits until it is gone.
+// LogFile is where daemon name logs: in one-process mode, the log of the
+// process running every component.
+func (s *Stack) LogFile(name string) string {
+	if s.Layout.Mode == stack.OneProcess {
+		name = stack.ProcessName
+	}
+	return s.Layout.LogFile(name)
+}
+
+// Kill9 kills daemon name with SIGKILL and waits until it is gone. In
+// one-process mode a component cannot die alone: the whole process is
+// killed, as a crash of any component would take it down, and Up starts it
+// again.
 func (s *Stack) Kill9(name string) {
 	s.t.Helper()
 	pid := s.Pid(name)

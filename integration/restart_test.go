@@ -42,7 +42,8 @@ func TestRestartMonitorKeepsLabelledContainersInTheirStatus(t *testing.T) {
 		}
 	})
 
-	events := subscribe(t, s.Stack)
+	top := t // what outlives the subtests is cleaned up with the test
+	events := subscribe(top, s.Stack)
 	type seen struct{ topic, id string }
 	next := func(t *testing.T, timeout time.Duration) (seen, bool) {
 		t.Helper()
@@ -120,6 +121,43 @@ func TestRestartMonitorKeepsLabelledContainersInTheirStatus(t *testing.T) {
 		if got := s.tasks(t)["gone"]; got.Status != "STOPPED" {
 			t.Errorf("gone's task: %+v, want it left STOPPED", got)
 		}
+	})
+
+	t.Run("a container labelled explicitly stopped is not restarted, even with the policy always", func(t *testing.T) {
+		// As containerd's monitor (its TestContainerRestartPolicyAlways):
+		// flappy, still restarted each time it exits, shows the passes.
+		s.MustCtr(s.ns, "run", "-d", "--label", status+"=running", "--label", "containerd.io/restart.policy=always",
+			"--label", "containerd.io/restart.explicitly-stopped=true", s.ref, "held", "sleep", "1000")
+		s.waitStatus(t, "held", "RUNNING")
+		s.MustCtr(s.ns, "tasks", "kill", "-s", "SIGKILL", "held")
+		waitFor(t, seen{"/tasks/exit", "held"})
+		var between []seen
+		for range 3 {
+			between = append(between, waitFor(t, seen{"/tasks/start", "flappy"})...)
+		}
+		for _, ev := range between {
+			if ev.id == "held" && ev.topic != "/tasks/exit" {
+				t.Errorf("held, explicitly stopped: %s after its exit", ev.topic)
+			}
+		}
+		if got := s.tasks(t)["held"]; got.Status != "STOPPED" {
+			t.Errorf("held's task: %+v, want it left STOPPED", got)
+		}
+	})
+
+	t.Run("taskd restarting clears explicitly stopped of a container with the policy always, which runs again", func(t *testing.T) {
+		// containerd's monitor does this once as it starts: a container
+		// stopped by hand stays down until the daemon restarts.
+		if got := s.tasks(t)["held"]; got.Status != "STOPPED" {
+			t.Fatalf("held's task: %+v, want STOPPED before the restart", got)
+		}
+		s.Kill9("taskd")
+		s.Up()
+		s.waitStatus(t, "held", "RUNNING")
+		if info := s.MustCtr(s.ns, "containers", "info", "held"); !strings.Contains(info, `"containerd.io/restart.explicitly-stopped": "false"`) {
+			t.Errorf("explicitly-stopped not cleared:\n%s", info)
+		}
+		events = subscribe(top, s.Stack) // in one process, the restart ended the stream
 	})
 
 	t.Run("a running task of a container labelled stopped is stopped", func(t *testing.T) {

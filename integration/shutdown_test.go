@@ -84,7 +84,11 @@ func waitGone(pid int, limit time.Duration) bool {
 // until the timeout cut it: eventd took 10.1 s).
 func TestDaemonsStopPromptlyWithSubscribers(t *testing.T) {
 	s := startStack(t)
-	for _, name := range stack.Order {
+	names := stack.Order
+	if oneProcess() {
+		names = []string{stack.ProcessName} // every component at once
+	}
+	for _, name := range names {
 		t.Run(name+" stops promptly", func(t *testing.T) {
 			s.Up() // what an earlier case stopped starts again
 			attachCtrEvents(t, s, "stop-"+name)
@@ -126,7 +130,7 @@ func TestFilesAreTheDaemonsOwn(t *testing.T) {
 		}{
 			{"data directory", filepath.Join(s.Layout.Root, svc.Name), 0o700},
 			{"state directory", filepath.Join(s.Layout.State, svc.Name), 0o711},
-			{"log", s.Layout.LogFile(svc.Name), 0o600},
+			{"log", s.LogFile(svc.Name), 0o600},
 			{"socket", svc.Socket, 0o660},
 		} {
 			if got := mode(c.path); got != c.want {
@@ -157,6 +161,13 @@ func TestPluginSocketsLiveInSnapshotdsState(t *testing.T) {
 			}
 		}
 		return out
+	}
+	// A backend holding no snapshots has no process until it is used.
+	if idle := sockets(); len(idle) != 0 {
+		t.Fatalf("plugin sockets before any snapshotter was used: %v, want none", idle)
+	}
+	for _, sn := range []string{"overlayfs", "native"} {
+		s.MustCtr("sockets", "snapshots", "--snapshotter", sn, "prepare", "first-use")
 	}
 	before := sockets()
 	if len(before) != 2 {

@@ -11,6 +11,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/flotilla/flotilla/flotctl/stack"
 )
 
 // stopPluginsOnCleanup kills the snapshotter plugin processes snapshotd
@@ -115,10 +117,50 @@ func TestSnapshottersAtRuntime(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("mounts need root")
 	}
-	s := startStack(t)
+	// snapshotd runs backends only from its plugin directory: one of the
+	// test's, outliving the subtests (restarts run what is there).
+	plugins := t.TempDir()
+	for _, name := range []string{"snapshotter-native", "snapshotter-overlayfs"} {
+		b, err := os.ReadFile(filepath.Join(binDir, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(plugins, name), b, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s := startStackWith(t, func(l *stack.Layout) {
+		if l.ExtraArgs == nil {
+			l.ExtraArgs = map[string][]string{}
+		}
+		l.ExtraArgs["snapshotd"] = append(l.ExtraArgs["snapshotd"], "--plugin-dir", plugins)
+	})
 	stopPluginsOnCleanup(t, s)
-	native := filepath.Join(binDir, "snapshotter-native")
-	binCopies := t.TempDir() // outlives the subtests: restarts run the copy
+	native := filepath.Join(plugins, "snapshotter-native")
+
+	t.Run("add of an executable outside the plugin directory is refused", func(t *testing.T) {
+		escape := filepath.Join(plugins, "snapshotter-escape")
+		if err := os.Symlink(filepath.Join(binDir, "snapshotter-native"), escape); err != nil {
+			t.Fatal(err)
+		}
+		climb, err := filepath.Rel(plugins, filepath.Join(binDir, "snapshotter-native"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, path := range []string{
+			filepath.Join(binDir, "snapshotter-native"),
+			plugins + "/" + climb, // starts in the directory, climbs out with ..
+			escape,
+		} {
+			out, err := flotctl(t, s, "snapshotters", "add", "evil", path)
+			if err == nil || !strings.Contains(out, "outside the plugin directory") || !strings.Contains(out, "invalid argument") {
+				t.Errorf("add %s: %v\n%s", path, err, out)
+			}
+		}
+		if out := mustFlotctl(t, s, "snapshotters", "ls"); strings.Contains(out, "evil") {
+			t.Errorf("a refused snapshotter is listed:\n%s", out)
+		}
+	})
 
 	mustFlotctl(t, s, "snapshotters", "add", "native2", native)
 	s.MustCtr("rt", "snapshots", "--snapshotter", "native2", "prepare", "held")
@@ -138,7 +180,7 @@ func TestSnapshottersAtRuntime(t *testing.T) {
 
 	t.Run("replace while mounted and held open: new pid, file readable, ls unchanged", func(t *testing.T) {
 		old := snapshotterPid(t, s, "native2")
-		copyPath := filepath.Join(binCopies, "snapshotter-native-v2")
+		copyPath := filepath.Join(plugins, "snapshotter-native-v2")
 		b, _ := os.ReadFile(native)
 		os.WriteFile(copyPath, b, 0o755)
 		mustFlotctl(t, s, "snapshotters", "replace", "native2", copyPath)

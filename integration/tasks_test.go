@@ -601,6 +601,12 @@ func TestTaskdRestartKeepsRunningTasksAndReportsTheExitOnce(t *testing.T) {
 		time.Sleep(100 * time.Millisecond)
 	}
 	s.Up()
+	if oneProcess() {
+		// eventd died with taskd, and the subscription with it: a
+		// subscriber subscribes again. r5's exit, announced while the
+		// process starts, may come before it is attached.
+		lines = subscribe(t, s.Stack)
+	}
 
 	after := s.tasks(t)
 	for _, id := range ids[:4] {
@@ -661,6 +667,9 @@ func TestTaskdRestartKeepsRunningTasksAndReportsTheExitOnce(t *testing.T) {
 		}
 	}
 	for _, id := range ids {
+		if oneProcess() && id == "r5" && exits[id] == 0 {
+			continue // announced before the new subscription (above)
+		}
 		if exits[id] != 1 {
 			t.Errorf("%s: %d /tasks/exit events, want exactly 1 (all: %v)", id, exits[id], exits)
 		}

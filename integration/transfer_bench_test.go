@@ -12,10 +12,10 @@ import (
 	"time"
 
 	digest "github.com/opencontainers/go-digest"
-	"github.com/opencontainers/image-spec/identity"
 	specs "github.com/opencontainers/image-spec/specs-go"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
+	"github.com/flotilla/flotilla/flotctl/stack"
 	"github.com/flotilla/flotilla/integration/imagekit"
 )
 
@@ -69,6 +69,10 @@ type coldPuller struct {
 // Transfer service), and Debian's containerd 1.6 with its ctr (client-side
 // pull). The three alternate within each iteration; each reports its own
 // seconds per pull (flotilla-s, containerd2.4-s, containerd1.6-s).
+//
+// For profiling: FLOTILLA_BENCH_PPROF=1 serves the daemons' pprof (their
+// addresses are printed at the start), FLOTILLA_BENCH_ONLY=flotilla runs one
+// system alone, FLOTILLA_BENCH_CONTENTD_ARGS adds flags to contentd's.
 func BenchmarkTransferColdPull(b *testing.B) {
 	if os.Geteuid() != 0 {
 		b.Skip("unpacking needs root")
@@ -77,8 +81,25 @@ func BenchmarkTransferColdPull(b *testing.B) {
 	ctr16 := requireTool(b, "ctr")
 	dir2 := filepath.Dir(ctr2)
 	reg := imagekit.StartRegistry(b)
-	s := startStack(b)
+	s := startStackWith(b, func(l *stack.Layout) {
+		if os.Getenv("FLOTILLA_BENCH_PPROF") != "" {
+			// Profiles of the daemons while the bench runs, e.g.
+			// go tool pprof http://<metrics>/debug/pprof/profile.
+			l.ExtraArgs = map[string][]string{"contentd": {"--pprof"}, "snapshotd": {"--pprof"}, "gateway": {"--pprof"}}
+		}
+		if a := os.Getenv("FLOTILLA_BENCH_CONTENTD_ARGS"); a != "" {
+			if l.ExtraArgs == nil {
+				l.ExtraArgs = map[string][]string{}
+			}
+			l.ExtraArgs["contentd"] = append(l.ExtraArgs["contentd"], strings.Fields(a)...)
+		}
+	})
 	stopPluginsOnCleanup(b, s)
+	if os.Getenv("FLOTILLA_BENCH_PPROF") != "" {
+		for _, svc := range s.Layout.Services() {
+			fmt.Fprintf(os.Stderr, "%s pprof: http://%s/debug/pprof/\n", svc.Name, svc.MetricsAddress)
+		}
+	}
 	sock24 := startContainerd(b, filepath.Join(dir2, "containerd"), dir2)
 	sock16 := startContainerd(b, requireTool(b, "containerd"), "")
 
@@ -111,20 +132,9 @@ func BenchmarkTransferColdPull(b *testing.B) {
 		{
 			name: "flotilla",
 			pull: func(b *testing.B, ref string) { run(b, ctr2, s.Socket, "images", "pull", "--plain-http", ref) },
-			reset: func(b *testing.B, ref string, img *imagekit.Image) {
-				run(b, ctr2, s.Socket, "images", "rm", ref)
-				for _, blob := range img.Blobs {
-					run(b, ctr2, s.Socket, "content", "rm", blob.Descriptor.Digest.String())
-				}
-				var diffIDs []digest.Digest
-				for _, l := range img.Layers {
-					diffIDs = append(diffIDs, l.DiffID)
-				}
-				chain := identity.ChainIDs(diffIDs)
-				for i := len(chain) - 1; i >= 0; i-- {
-					run(b, ctr2, s.Socket, "snapshots", "rm", chain[i].String())
-				}
-			},
+			// As containerd's: garbage collection takes the blobs and
+			// snapshots once the image is gone.
+			reset: containerdReset(ctr2, s.Socket),
 		},
 		{
 			name:  "containerd2.4",
@@ -136,6 +146,16 @@ func BenchmarkTransferColdPull(b *testing.B) {
 			pull:  func(b *testing.B, ref string) { run(b, ctr16, sock16, "images", "pull", "--plain-http", ref) },
 			reset: containerdReset(ctr16, sock16),
 		},
+	}
+	if only := os.Getenv("FLOTILLA_BENCH_ONLY"); only != "" {
+		// One system alone, e.g. while profiling it.
+		var kept []coldPuller
+		for _, sys := range systems {
+			if sys.name == only {
+				kept = append(kept, sys)
+			}
+		}
+		systems = kept
 	}
 	for _, im := range images {
 		ref := reg + "/bench/" + strings.ToLower(im.name) + ":1"

@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -16,6 +17,8 @@ import (
 	"testing"
 	"time"
 
+	containerd "github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/core/snapshots"
 	digest "github.com/opencontainers/go-digest"
 	"github.com/opencontainers/image-spec/identity"
 
@@ -96,7 +99,19 @@ func infoOf(t *testing.T, s *Stack, ns, sn, key string) snapshotInfo {
 func mountView(t *testing.T, s *Stack, ns, sn, parent string) string {
 	t.Helper()
 	key := fmt.Sprintf("view-%d", rand.Uint64())
-	s.MustCtr(ns, "snapshots", "--snapshotter", sn, "view", key, parent)
+	// The view is a garbage-collection root, as a client that keeps a
+	// snapshot past its lease must make it: ctr's `snapshots view` takes
+	// no lease, and a collection (the pull's lease going triggers one)
+	// would remove it, on containerd as on Flotilla.
+	client, err := containerd.New(s.Socket, containerd.WithDefaultNamespace(ns))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	if _, err := client.SnapshotService(sn).View(context.Background(), key, parent,
+		snapshots.WithLabels(map[string]string{"containerd.io/gc.root": time.Now().UTC().Format(time.RFC3339)})); err != nil {
+		t.Fatalf("view %s of %s: %v", key, parent, err)
+	}
 	t.Cleanup(func() {
 		if out, err := s.Ctr(ns, "snapshots", "--snapshotter", sn, "rm", key); err != nil {
 			t.Errorf("remove view %s: %v\n%s", key, err, out)

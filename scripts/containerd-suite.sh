@@ -11,7 +11,8 @@
 # lives under one temporary directory and is stopped on exit.
 # Environment: FLOTILLA_BIN (default ./bin, built if missing), CONTAINERD2_BIN
 # (default /opt/containerd-2.4.2/bin), CONTAINERD_VERSION (default v2.4.2),
-# SUITE_OUT (where results and logs are kept; default a new directory in /tmp).
+# SUITE_OUT (where results and logs are kept; default a new directory in /tmp),
+# SUITE_TEST_TIMEOUT (seconds one test may take, default 600, go test's own).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD
@@ -24,6 +25,7 @@ targets=("$@")
 BIN=${FLOTILLA_BIN:-$repo/bin}
 CONTAINERD2_BIN=${CONTAINERD2_BIN:-/opt/containerd-2.4.2/bin}
 VERSION=${CONTAINERD_VERSION:-v2.4.2}
+test_timeout=${SUITE_TEST_TIMEOUT:-600}
 OUT=${SUITE_OUT:-$(mktemp -d /tmp/containerd-suite.XXXXXX)}
 mkdir -p "$OUT"
 # Short paths: unix sockets must stay under 108 bytes.
@@ -97,24 +99,49 @@ pids+=($!)
 for _ in $(seq 100); do curl -sf "http://$reg/v2/" >/dev/null && break; sleep 0.1; done
 busybox=$("$BIN/flotilla-testimage" push --registry "$reg" --kind busybox --ref containerd/busybox:1.36 | awk '{print $2}')
 "$BIN/flotilla-testimage" push --registry "$reg" --kind layers --ref containerd/volume-copy-up:2.2 >/dev/null
+# The pause image stands for a multi-platform index (TestImageUsage and
+# the fetch tests pull one platform of it).
+"$BIN/flotilla-testimage" push --registry "$reg" --kind multiarch --ref containerd/pause:3.10 >/dev/null
 cat >"$work/images.toml" <<EOF
 BusyBox = "$reg/containerd/busybox:1.36"
 BusyBoxByDigest = "$reg/containerd/busybox@$busybox"
 VolumeCopyUp = "$reg/containerd/volume-copy-up:2.2"
 Alpine = "$reg/containerd/busybox:1.36"
+Pause = "$reg/containerd/pause:3.10"
 EOF
 
 # run_suite NAME ADDRESS: the suite against the daemon at ADDRESS, in its
-# default namespace "testing"; results into $OUT/NAME.{log,results}.
+# default namespace "testing", each test in a process of its own (so a test
+# that hangs or crashes the binary costs only itself: it is killed after
+# $SUITE_TEST_TIMEOUT and counted as failed); results into
+# $OUT/NAME.{log,results}, each test's output in $OUT/NAME/TEST.log.
 run_suite() {
-	local name=$1 addr=$2
-	echo "==> integration/client against $name ($addr)"
-	(cd "$work" && PATH=$CONTAINERD2_BIN:$PATH CONTAINERD_TEST_IMAGE_LIST=$work/images.toml \
-		"$work/client.test" -test.v -test.root -test.timeout 40m \
-		-test.run "$run_re" -no-daemon -address "$addr" -no-criu \
-		>"$OUT/$name.log" 2>&1) || true
-	sed -n 's/^--- \(PASS\|FAIL\|SKIP\): \([^ ]*\) .*/\2 \1/p' "$OUT/$name.log" | sort >"$OUT/$name.results"
-	echo "    $(grep -c ' PASS$' "$OUT/$name.results") pass, $(grep -c ' FAIL$' "$OUT/$name.results") fail, $(grep -c ' SKIP$' "$OUT/$name.results") skip"
+	local name=$1 addr=$2 t result
+	echo "==> integration/client against $name ($addr), one process per test"
+	mkdir -p "$OUT/$name"
+	: >"$OUT/$name.log"
+	: >"$OUT/$name.results"
+	# -test.short makes TestMain skip its set-up (daemon, seed pull) for the listing.
+	for t in $("$work/client.test" -test.short -test.list "$run_re" | grep '^Test'); do
+		(cd "$work" && PATH=$CONTAINERD2_BIN:$PATH CONTAINERD_TEST_IMAGE_LIST=$work/images.toml \
+			timeout --kill-after=10s "$((test_timeout + 30))" \
+			"$work/client.test" -test.v -test.root -test.timeout "${test_timeout}s" \
+			-test.run "^$t\$" -no-daemon -address "$addr" -no-criu \
+			>"$OUT/$name/$t.log" 2>&1) || true
+		result=$(sed -n "s/^--- \(PASS\|FAIL\|SKIP\): $t .*/\1/p" "$OUT/$name/$t.log" | head -1)
+		if [ -z "$result" ]; then
+			# No verdict: it timed out, or the binary died (TestMain's set-up included).
+			result=FAIL
+			echo "--- FAIL: $t (no verdict: timed out or crashed; see $OUT/$name/$t.log)" >>"$OUT/$name/$t.log"
+		fi
+		cat "$OUT/$name/$t.log" >>"$OUT/$name.log"
+		echo "$t $result" >>"$OUT/$name.results"
+		echo "    $t $result"
+	done
+	# Subtests too, from the logs, for the table.
+	sed -n 's/^ *--- \(PASS\|FAIL\|SKIP\): \([^ ]*\/[^ ]*\) .*/\2 \1/p' "$OUT/$name.log" >>"$OUT/$name.results"
+	sort -o "$OUT/$name.results" "$OUT/$name.results"
+	echo "    $name: $(grep -v / "$OUT/$name.results" | grep -c ' PASS$') pass, $(grep -v / "$OUT/$name.results" | grep -c ' FAIL$') fail, $(grep -v / "$OUT/$name.results" | grep -c ' SKIP$') skip (top-level tests)"
 }
 
 for target in "${targets[@]}"; do
@@ -125,9 +152,6 @@ for target in "${targets[@]}"; do
 		FLOTILLA_ROOT=$work/fl/root FLOTILLA_STATE=$work/fl/state FLOTILLA_METRICS_PORT=$((port + 1)) \
 			"$BIN/flotctl" stack up --bin "$BIN" --timeout 60s >/dev/null
 		sock=$work/fl/state/flotilla.sock
-		# containerd creates a namespace on its first label update; Flotilla
-		# may not yet (issue 10), and TestMain starts with one.
-		ctr --address "$sock" namespaces create testing 2>/dev/null || true
 		run_suite flotilla "$sock"
 		cp "$work"/fl/state/*.log "$OUT/" 2>/dev/null || true
 		FLOTILLA_ROOT=$work/fl/root FLOTILLA_STATE=$work/fl/state "$BIN/flotctl" stack down --bin "$BIN" >/dev/null || true
@@ -163,6 +187,10 @@ EOF
 done
 
 echo "==> results (also in $OUT)"
+for target in "${targets[@]}"; do
+	r=$OUT/$target.results
+	echo "$target: $(grep -v / "$r" | grep -c ' PASS$') pass, $(grep -v / "$r" | grep -c ' FAIL$') fail, $(grep -v / "$r" | grep -c ' SKIP$') skip of $(grep -vc / "$r") tests"
+done
 files=()
 for target in "${targets[@]}"; do files+=("$OUT/$target.results"); done
 printf '%-60s' test; for target in "${targets[@]}"; do printf ' %-10s' "$target"; done; echo

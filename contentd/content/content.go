@@ -78,6 +78,22 @@ type Provider interface {
 	ReaderAt(ctx context.Context, dgst digest.Digest) (ReaderAt, error)
 }
 
+// IngestData is the data of one ingest, read while it is written.
+type IngestData interface {
+	io.ReaderAt
+	io.Closer
+}
+
+// IngestReader is a store that can read an ingest while a writer appends
+// to it, so a reader can follow a blob as it arrives.
+type IngestReader interface {
+	// ReadIngest opens the data of ingest ref of the context's namespace;
+	// NotFound if there is none. Only the bytes its writer has written
+	// (Write returned) are meaningful; past them the reader may see zeros.
+	// The reader stays valid after the ingest is committed or removed.
+	ReadIngest(ctx context.Context, ref string) (IngestData, error)
+}
+
 // IngestManager reports on and cancels ingests of the context's namespace.
 type IngestManager interface {
 	// Status returns the ingest named ref; NotFound if there is none.

@@ -3,6 +3,7 @@ package images
 import (
 	"context"
 	"fmt"
+	"github.com/flotilla/flotilla/services/logging"
 	"log/slog"
 
 	eventsapi "github.com/containerd/containerd/api/events"
@@ -30,7 +31,17 @@ type Service struct {
 	store     Store
 	publisher events.Publisher
 	log       *slog.Logger
+	collector Collector // nil: nothing is collected
 }
+
+// Collector is told of every image deleted: sync asks it to collect
+// before the delete answers.
+type Collector interface {
+	Deleted(ctx context.Context, sync bool) error
+}
+
+// SetCollector makes deletes trigger c. Call it before serving.
+func (s *Service) SetCollector(c Collector) { s.collector = c }
 
 // NewService returns the Images service over store, publishing to publisher
 // and logging failed publications to log (nil: slog.Default()).
@@ -90,8 +101,9 @@ func (s *Service) Update(ctx context.Context, req *api.UpdateImageRequest) (*api
 	return &api.UpdateImageResponse{Image: toProto(img)}, nil
 }
 
-// Delete implements api.ImagesServer. Without a garbage collector there is
-// nothing to wait for, so Sync changes nothing.
+// Delete implements api.ImagesServer. With Sync the garbage collection
+// that frees the image's blobs and snapshots has run when it answers, as in
+// containerd (whose error it answers with, the image being gone either way).
 func (s *Service) Delete(ctx context.Context, req *api.DeleteImageRequest) (*emptypb.Empty, error) {
 	var opts []Opt
 	if t := req.GetTarget(); t != nil {
@@ -101,12 +113,17 @@ func (s *Service) Delete(ctx context.Context, req *api.DeleteImageRequest) (*emp
 		return nil, err
 	}
 	s.publish(ctx, TopicDelete, &eventsapi.ImageDelete{Name: req.GetName()})
+	if s.collector != nil {
+		if err := s.collector.Deleted(ctx, req.GetSync()); err != nil {
+			return nil, err
+		}
+	}
 	return &emptypb.Empty{}, nil
 }
 
 func (s *Service) publish(ctx context.Context, topic string, event any) {
 	if err := s.publisher.Publish(ctx, topic, event); err != nil {
-		s.log.Warn("publish event", "topic", topic, "error", err)
+		logging.Or(ctx, s.log).Warn("publish event", "topic", topic, "error", err)
 	}
 }
 

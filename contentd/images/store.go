@@ -17,6 +17,7 @@ import (
 
 	"github.com/flotilla/flotilla/contentd/metadata"
 	"github.com/flotilla/flotilla/services/filters"
+	"github.com/flotilla/flotilla/services/gc"
 	"github.com/flotilla/flotilla/services/namespace"
 )
 
@@ -88,13 +89,53 @@ func apply(opts []Opt) options {
 
 // BoltStore is the Store kept in contentd's metadata database.
 type BoltStore struct {
-	db *bolt.DB
+	db      *bolt.DB
+	tracker *gc.Tracker // nil outside garbage collection
 }
 
 var _ Store = (*BoltStore)(nil)
 
 // NewStore returns the Store kept in db, a database opened by metadata.Open.
 func NewStore(db *bolt.DB) *BoltStore { return &BoltStore{db: db} }
+
+// SetTracker makes the store report its writes and lookups to t, the
+// tracker of contentd's garbage collection. Call it before the store is used.
+func (s *BoltStore) SetTracker(t *gc.Tracker) { s.tracker = t }
+
+// touches names what writing img touches: the image, its target and what
+// its labels reference.
+func touches(ns string, img Image) []gc.Ref {
+	refs := append(gc.LabelRefs(ns, img.Labels), gc.Image(ns, img.Name))
+	if img.Target.Digest != "" {
+		refs = append(refs, gc.Content(ns, img.Target.Digest.String()))
+	}
+	return refs
+}
+
+// ForEach calls fn, inside tx, with every image of namespace ns.
+func ForEach(tx *bolt.Tx, ns string, fn func(Image) error) error {
+	b := metadata.StoreBucket(tx, ns, metadata.BucketImages)
+	if b == nil {
+		return nil
+	}
+	return b.ForEach(func(k, v []byte) error {
+		img, err := decode(k, v)
+		if err != nil {
+			return err
+		}
+		return fn(img)
+	})
+}
+
+// DeleteRecord removes image name of namespace ns inside tx; it reports
+// whether there was one.
+func DeleteRecord(tx *bolt.Tx, ns, name string) (bool, error) {
+	b := metadata.StoreBucket(tx, ns, metadata.BucketImages)
+	if b == nil || b.Get([]byte(name)) == nil {
+		return false, nil
+	}
+	return true, b.Delete([]byte(name))
+}
 
 // Get implements Store.
 func (s *BoltStore) Get(ctx context.Context, name string) (Image, error) {
@@ -107,6 +148,9 @@ func (s *BoltStore) Get(ctx context.Context, name string) (Image, error) {
 		img, err = get(metadata.StoreBucket(tx, ns, metadata.BucketImages), name)
 		return err
 	})
+	if err == nil {
+		s.tracker.Touch(touches(ns, img)...)
+	}
 	return img, err
 }
 
@@ -152,6 +196,8 @@ func (s *BoltStore) Create(ctx context.Context, img Image, opts ...Opt) (Image, 
 		return Image{}, err
 	}
 	img.CreatedAt, img.UpdatedAt = o.now, o.now
+	done := s.tracker.Write(touches(ns, img)...)
+	defer done()
 	err = s.db.Update(func(tx *bolt.Tx) error {
 		b, err := metadata.CreateStoreBucket(tx, ns, metadata.BucketImages)
 		if err != nil {
@@ -178,6 +224,9 @@ func (s *BoltStore) Update(ctx context.Context, img Image, paths []string, opts 
 		return Image{}, fmt.Errorf("image name is required for update: %w", errdefs.ErrInvalidArgument)
 	}
 	o := apply(opts)
+	// What the update may reference is in img: its labels and target.
+	done := s.tracker.Write(touches(ns, img)...)
+	defer done()
 	var updated Image
 	err = s.db.Update(func(tx *bolt.Tx) error {
 		b := metadata.StoreBucket(tx, ns, metadata.BucketImages)

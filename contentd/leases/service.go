@@ -14,11 +14,21 @@ import (
 // leases publish no events.
 type Service struct {
 	api.UnimplementedLeasesServer
-	store Store
+	store     Store
+	collector Collector // nil: nothing is collected
+}
+
+// Collector is told of every lease deleted: sync asks it to collect before
+// the delete answers.
+type Collector interface {
+	Deleted(ctx context.Context, sync bool) error
 }
 
 // NewService returns the Leases service over store.
 func NewService(store Store) *Service { return &Service{store: store} }
+
+// SetCollector makes deletes trigger c. Call it before serving.
+func (s *Service) SetCollector(c Collector) { s.collector = c }
 
 // Create implements api.LeasesServer.
 func (s *Service) Create(ctx context.Context, req *api.CreateRequest) (*api.CreateResponse, error) {
@@ -29,11 +39,16 @@ func (s *Service) Create(ctx context.Context, req *api.CreateRequest) (*api.Crea
 	return &api.CreateResponse{Lease: toProto(l)}, nil
 }
 
-// Delete implements api.LeasesServer. Without a garbage collector there is
-// nothing to wait for, so Sync changes nothing.
+// Delete implements api.LeasesServer. With Sync what only the lease held
+// has been collected when it answers, as in containerd.
 func (s *Service) Delete(ctx context.Context, req *api.DeleteRequest) (*emptypb.Empty, error) {
 	if err := s.store.Delete(ctx, req.GetID()); err != nil {
 		return nil, err
+	}
+	if s.collector != nil {
+		if err := s.collector.Deleted(ctx, req.GetSync()); err != nil {
+			return nil, err
+		}
 	}
 	return &emptypb.Empty{}, nil
 }

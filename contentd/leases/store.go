@@ -19,6 +19,7 @@ import (
 
 	"github.com/flotilla/flotilla/contentd/metadata"
 	"github.com/flotilla/flotilla/services/filters"
+	"github.com/flotilla/flotilla/services/gc"
 	"github.com/flotilla/flotilla/services/namespace"
 )
 
@@ -68,13 +69,72 @@ type Store interface {
 
 // BoltStore is the Store kept in contentd's metadata database.
 type BoltStore struct {
-	db *bolt.DB
+	db      *bolt.DB
+	tracker *gc.Tracker // nil outside garbage collection
 }
 
 var _ Store = (*BoltStore)(nil)
 
 // NewStore returns the Store kept in db, a database opened by metadata.Open.
 func NewStore(db *bolt.DB) *BoltStore { return &BoltStore{db: db} }
+
+// SetTracker makes the store report its writes to t, the tracker of
+// contentd's garbage collection. Call it before the store is used.
+func (s *BoltStore) SetTracker(t *gc.Tracker) { s.tracker = t }
+
+// Ref names resource r of namespace ns for garbage collection; false for a
+// type collection does not know.
+func (r Resource) Ref(ns string) (gc.Ref, bool) {
+	switch typ, sn, _ := strings.Cut(r.Type, "/"); typ {
+	case metadata.ResourceContent:
+		return gc.Content(ns, r.ID), true
+	case metadata.ResourceIngest:
+		return gc.Ingest(ns, r.ID), true
+	case metadata.ResourceImage:
+		return gc.Image(ns, r.ID), true
+	case "snapshots":
+		if sn != "" {
+			return gc.Snapshot(ns, sn, r.ID), true
+		}
+	}
+	return gc.Ref{}, false
+}
+
+// ForEach calls fn, inside tx, with every lease of namespace ns and what
+// it holds.
+func ForEach(tx *bolt.Tx, ns string, fn func(Lease, []Resource) error) error {
+	b := metadata.StoreBucket(tx, ns, metadata.BucketLeases)
+	if b == nil {
+		return nil
+	}
+	return b.ForEachBucket(func(id []byte) error {
+		lb := b.Bucket(id)
+		l, err := read(lb, string(id))
+		if err != nil {
+			return err
+		}
+		var held []Resource
+		if rb := lb.Bucket(metadata.BucketResources); rb != nil {
+			rb.ForEachBucket(func(typ []byte) error {
+				return rb.Bucket(typ).ForEach(func(rid, _ []byte) error {
+					held = append(held, Resource{ID: string(rid), Type: string(typ)})
+					return nil
+				})
+			})
+		}
+		return fn(l, held)
+	})
+}
+
+// DeleteRecord removes lease id of namespace ns inside tx; it reports
+// whether there was one.
+func DeleteRecord(tx *bolt.Tx, ns, id string) (bool, error) {
+	b := metadata.StoreBucket(tx, ns, metadata.BucketLeases)
+	if b == nil || b.Bucket([]byte(id)) == nil {
+		return false, nil
+	}
+	return true, b.DeleteBucket([]byte(id))
+}
 
 // Create implements Store.
 func (s *BoltStore) Create(ctx context.Context, id string, labels map[string]string) (Lease, error) {
@@ -93,6 +153,8 @@ func (s *BoltStore) Create(ctx context.Context, id string, labels map[string]str
 			return Lease{}, fmt.Errorf("lease %q: label %s=%q is not an RFC 3339 time: %w", id, LabelExpire, v, errdefs.ErrInvalidArgument)
 		}
 	}
+	done := s.tracker.Write(gc.Lease(ns, id))
+	defer done()
 	var out Lease
 	err = s.db.Update(func(tx *bolt.Tx) error {
 		b, err := metadata.CreateStoreBucket(tx, ns, metadata.BucketLeases)
@@ -175,6 +237,12 @@ func (s *BoltStore) AddResource(ctx context.Context, id string, r Resource) erro
 	if r, err = validateResource(r); err != nil {
 		return fmt.Errorf("lease %q: %w", id, err)
 	}
+	touched := []gc.Ref{gc.Lease(ns, id)}
+	if ref, ok := r.Ref(ns); ok {
+		touched = append(touched, ref)
+	}
+	done := s.tracker.Write(touched...)
+	defer done()
 	return s.db.Update(func(tx *bolt.Tx) error {
 		return metadata.AddLeaseResource(tx, ns, id, r.Type, r.ID)
 	})

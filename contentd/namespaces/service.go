@@ -3,6 +3,7 @@ package namespaces
 import (
 	"context"
 	"fmt"
+	"github.com/flotilla/flotilla/services/logging"
 	"log/slog"
 	"slices"
 	"strings"
@@ -90,7 +91,7 @@ func (s *Service) List(ctx context.Context, req *api.ListNamespacesRequest) (*ap
 	if s.occupants != nil {
 		others, err := s.occupants.Namespaces(ctx)
 		if err != nil {
-			s.log.Warn("namespaces list may miss namespaces held outside contentd", "error", err)
+			logging.Or(ctx, s.log).Warn("namespaces list may miss namespaces held outside contentd", "error", err)
 		}
 		known := make(map[string]bool, len(list))
 		for _, ns := range list {
@@ -199,7 +200,7 @@ func (s *Service) publish(ctx context.Context, changed, topic string, event any)
 		ctx = namespace.WithNamespace(ctx, changed)
 	}
 	if err := s.publisher.Publish(ctx, topic, event); err != nil {
-		s.log.Warn("publish event", "topic", topic, "namespace", changed, "error", err)
+		logging.Or(ctx, s.log).Warn("publish event", "topic", topic, "namespace", changed, "error", err)
 	}
 }
 

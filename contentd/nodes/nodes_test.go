@@ -7,6 +7,7 @@ import (
 	"github.com/containerd/errdefs"
 	"google.golang.org/grpc/metadata"
 
+	"github.com/flotilla/flotilla/services/dial"
 	"github.com/flotilla/flotilla/services/node"
 )
 
@@ -18,7 +19,7 @@ func from(name string) context.Context {
 }
 
 func TestNodeFollowsTheCallersNode(t *testing.T) {
-	n := NewStatic(map[string]string{"node-a": "/run/a/snapshotd.sock", "node-b": "/run/b/snapshotd.sock"}, "/run/default.sock")
+	n := NewStatic(&dial.Dialer{}, map[string]string{"node-a": "/run/a/snapshotd.sock", "node-b": "/run/b/snapshotd.sock"}, "/run/default.sock")
 	defer n.Close()
 	for _, tc := range []struct{ caller, want string }{
 		{"node-a", "node-a"},
@@ -40,7 +41,7 @@ func TestNodeFollowsTheCallersNode(t *testing.T) {
 }
 
 func TestNodeWithoutSnapshotd(t *testing.T) {
-	n := NewStatic(map[string]string{"node-a": "/run/a.sock"}, "")
+	n := NewStatic(&dial.Dialer{}, map[string]string{"node-a": "/run/a.sock"}, "")
 	defer n.Close()
 	if _, err := n.Node(from("node-x")); !errdefs.IsNotFound(err) {
 		t.Errorf("unknown node without a default: %v, want NotFound", err)

@@ -37,6 +37,10 @@ type Host struct {
 	TLS *tls.Config
 	// Header holds extra request headers for this host.
 	Header map[string][]string
+	// APIPath is the path the registry API is served under, "/v2" but for
+	// a mirror whose URL has a path: that path with /v2 appended, or, with
+	// override_path, the path as written (containerd's hosts semantics).
+	APIPath string
 }
 
 // Can reports whether h has capability c.
@@ -56,6 +60,7 @@ type hostSettings struct {
 	SkipVerify   *bool          `toml:"skip_verify"`
 	CA           any            `toml:"ca"` // a path or a list of paths
 	Header       map[string]any `toml:"header"`
+	OverridePath bool           `toml:"override_path"`
 }
 
 // Hosts returns the endpoints for registry name (host[:port] of an image
@@ -64,7 +69,7 @@ type hostSettings struct {
 // makes endpoints without a scheme plain HTTP (ctr --plain-http); so does a
 // loopback registry, as containerd and Docker treat localhost.
 func Hosts(dir, name, defaultScheme string) ([]Host, error) {
-	server := Host{Host: name, Capabilities: []string{CapPull, CapResolve, CapPush}}
+	server := Host{Host: name, Capabilities: []string{CapPull, CapResolve, CapPush}, APIPath: "/v2"}
 	if name == "docker.io" {
 		server.Host = "registry-1.docker.io"
 	}
@@ -125,6 +130,20 @@ func Hosts(dir, name, defaultScheme string) ([]Host, error) {
 	return append(hosts, server), nil
 }
 
+// apiPath is where the registry API of a host URL with path p is: as
+// containerd reads hosts.toml, p itself with override_path, otherwise p
+// with "/v2" appended unless it already ends so.
+func apiPath(p string, override bool) string {
+	p = strings.TrimSuffix(p, "/")
+	if override {
+		return p
+	}
+	if !strings.HasSuffix(p, "/v2") {
+		p += "/v2"
+	}
+	return p
+}
+
 // hostDirName is the certs.d directory name of a registry: host:port
 // becomes host_port_ only where the OS forbids ':'; Linux keeps it.
 func hostDirName(name string) string { return name }
@@ -153,10 +172,7 @@ func hostFrom(raw, defaultScheme string, s hostSettings, path string) (Host, err
 	if err != nil || u.Host == "" {
 		return Host{}, fmt.Errorf("hosts config %s: bad host %q: %w", path, raw, errdefs.ErrInvalidArgument)
 	}
-	if u.Path != "" && u.Path != "/" && u.Path != "/v2" && u.Path != "/v2/" {
-		return Host{}, fmt.Errorf("hosts config %s: host %q: paths other than /v2 are not supported: %w", path, raw, errdefs.ErrNotImplemented)
-	}
-	h := Host{Host: u.Host, PlainHTTP: u.Scheme == "http", Capabilities: s.Capabilities}
+	h := Host{Host: u.Host, PlainHTTP: u.Scheme == "http", Capabilities: s.Capabilities, APIPath: apiPath(u.Path, s.OverridePath)}
 	if len(h.Capabilities) == 0 {
 		h.Capabilities = []string{CapPull, CapResolve}
 	}

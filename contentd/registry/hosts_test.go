@@ -1,8 +1,10 @@
 package registry
 
 import (
+	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 
 	"github.com/containerd/errdefs"
@@ -108,3 +110,65 @@ func TestHostsRefusesBadConfig(t *testing.T) {
 		})
 	}
 }
+
+func TestHostsAPIPath(t *testing.T) {
+	dir := t.TempDir()
+	writeHosts(t, dir, "r.example", `server = "https://r.example"
+[host."https://plain.example"]
+[host."https://prefixed.example/mirror"]
+[host."https://prefixed-v2.example/mirror/v2"]
+[host."https://overridden.example/some/api"]
+  override_path = true
+`)
+	hosts, err := Hosts(dir, "r.example", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]string{
+		"plain.example":       "/v2",
+		"prefixed.example":    "/mirror/v2",
+		"prefixed-v2.example": "/mirror/v2",
+		"overridden.example":  "/some/api",
+		"r.example":           "/v2",
+	}
+	for _, h := range hosts {
+		if h.APIPath != want[h.Host] {
+			t.Errorf("%s: API path %q, want %q", h.Host, h.APIPath, want[h.Host])
+		}
+	}
+}
+
+func TestAPIPathTransportMovesRegistryRequestsOnly(t *testing.T) {
+	var seen []string
+	rt := &apiPathTransport{host: "mirror.example", path: "/some/api", next: roundTripFunc(func(r *http.Request) (*http.Response, error) {
+		seen = append(seen, r.URL.Host+r.URL.Path)
+		return &http.Response{StatusCode: http.StatusOK, Body: http.NoBody, Request: r}, nil
+	})}
+	for _, u := range []string{
+		"https://mirror.example/v2/",
+		"https://mirror.example/v2/library/busybox/manifests/1",
+		"https://auth.example/v2/token",
+		"https://mirror.example/v2x/other",
+	} {
+		req, _ := http.NewRequest(http.MethodGet, u, nil)
+		if _, err := rt.RoundTrip(req); err != nil {
+			t.Fatal(err)
+		}
+		if req.URL.String() != u {
+			t.Errorf("the caller's request was changed to %s", req.URL)
+		}
+	}
+	want := []string{
+		"mirror.example/some/api/",
+		"mirror.example/some/api/library/busybox/manifests/1",
+		"auth.example/v2/token",
+		"mirror.example/v2x/other",
+	}
+	if !slices.Equal(seen, want) {
+		t.Errorf("requests went to %q, want %q", seen, want)
+	}
+}
+
+type roundTripFunc func(*http.Request) (*http.Response, error)
+
+func (f roundTripFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }

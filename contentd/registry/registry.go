@@ -13,15 +13,19 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/containerd/errdefs"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"oras.land/oras-go/v2/errdef"
 	"oras.land/oras-go/v2/registry"
 	"oras.land/oras-go/v2/registry/remote"
 	"oras.land/oras-go/v2/registry/remote/auth"
+	"oras.land/oras-go/v2/registry/remote/errcode"
 )
 
 // Credentials answers a registry's authentication challenge for host; an
@@ -67,6 +71,34 @@ type Repository struct {
 	// Path is the repository path ("library/busybox").
 	Path  string
 	stall time.Duration
+	// conns is the transport of this repository's connections.
+	conns *http.Transport
+}
+
+// Close releases the repository's idle connections. Each Repositories call
+// makes transports of its own (a host's TLS settings are read anew each
+// time), so without it a finished transfer's keep-alive connections, and
+// their goroutines, would linger until their idle timeout.
+func (r *Repository) Close() { r.conns.CloseIdleConnections() }
+
+// FetchFrom opens blob desc at offset: a GET with a Range header, so a
+// resumed download asks the registry only for the bytes it lacks (oras's
+// Fetch asks for the whole blob, and a Seek after it for the rest: two
+// requests, the first cut short). It returns where the body starts: a
+// registry that ignores ranges answers the whole blob, from 0.
+func (r *Repository) FetchFrom(ctx context.Context, desc ocispec.Descriptor, offset int64) (io.ReadCloser, int64, error) {
+	if offset <= 0 {
+		rc, err := r.Fetch(ctx, desc)
+		return rc, 0, err
+	}
+	rg, err := r.FetchRange(ctx, desc, offset, -1)
+	if err != nil {
+		return nil, 0, err
+	}
+	if !rg.Partial {
+		return rg, 0, nil
+	}
+	return rg, offset, nil
 }
 
 // Repositories returns ref's repository through every endpoint that has
@@ -96,13 +128,14 @@ func Repositories(ref registry.Reference, cap string, o Options) ([]*Repository,
 		for k, v := range h.Header {
 			header[k] = v
 		}
+		conns, rt := transport(h, o.Stall)
 		rr.Client = &auth.Client{
-			Client:     &http.Client{Transport: transport(h, o.Stall)},
+			Client:     &http.Client{Transport: rt},
 			Header:     header,
 			Cache:      auth.NewCache(),
 			Credential: creds,
 		}
-		repos = append(repos, &Repository{Repository: rr, Endpoint: h, Name: ref.Registry, Path: ref.Repository, stall: o.Stall})
+		repos = append(repos, &Repository{Repository: rr, Endpoint: h, Name: ref.Registry, Path: ref.Repository, stall: o.Stall, conns: conns})
 	}
 	if len(repos) == 0 {
 		return nil, fmt.Errorf("no host of %s may %s: %w", ref.Registry, cap, errdefs.ErrNotFound)
@@ -148,19 +181,45 @@ func credentialCache(creds Credentials) auth.CredentialFunc {
 	}
 }
 
-func transport(h Host, stall time.Duration) http.RoundTripper {
+// transport returns the connections' transport for host h and the round
+// tripper requests go through.
+func transport(h Host, stall time.Duration) (*http.Transport, http.RoundTripper) {
 	t := http.DefaultTransport.(*http.Transport).Clone()
 	if h.TLS != nil {
 		t.TLSClientConfig = h.TLS
 	}
 	t.MaxIdleConnsPerHost = 16
+	var rt http.RoundTripper = t
 	if stall > 0 {
 		t.ResponseHeaderTimeout = stall
 		t.TLSHandshakeTimeout = stall
 		t.DialContext = (&net.Dialer{Timeout: stall, KeepAlive: 30 * time.Second}).DialContext
-		return &stallTransport{next: t, stall: stall}
+		rt = &stallTransport{next: t, stall: stall}
 	}
-	return t
+	if h.APIPath != "" && h.APIPath != "/v2" {
+		rt = &apiPathTransport{next: rt, host: h.Host, path: h.APIPath}
+	}
+	return t, rt
+}
+
+// apiPathTransport serves a registry whose API is under path rather than
+// /v2 (a mirror's URL path, hosts.toml): oras addresses every request to
+// /v2/..., which is moved there. Requests to other hosts (a token realm)
+// are left alone.
+type apiPathTransport struct {
+	next       http.RoundTripper
+	host, path string
+}
+
+func (a *apiPathTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	rest, ok := strings.CutPrefix(req.URL.Path, "/v2")
+	if req.URL.Host != a.host || !ok || (rest != "" && !strings.HasPrefix(rest, "/")) {
+		return a.next.RoundTrip(req)
+	}
+	r := req.Clone(req.Context())
+	r.URL.Path = a.path + rest
+	r.URL.RawPath = ""
+	return a.next.RoundTrip(r)
 }
 
 // stallTransport watches every response body: when no byte arrives for
@@ -227,4 +286,65 @@ func (b *stallBody) Close() error {
 	b.timer.Stop()
 	b.cancel(nil)
 	return b.ReadCloser.Close()
+}
+
+// Range is an answer to a ranged blob request.
+type Range struct {
+	io.ReadCloser
+	// Partial says the registry sent the bytes asked for (206); otherwise
+	// it ignored the range and the body is the whole blob from byte 0.
+	Partial bool
+}
+
+// FetchRange asks for bytes [start, end) of blob desc (not a manifest);
+// end < 0 asks for everything from start. A registry that does not do
+// ranges answers with the whole blob (Range.Partial false), as the
+// distribution spec allows; a 206 whose Content-Range is not the range
+// asked for is an error, so no byte lands at the wrong offset.
+func (r *Repository) FetchRange(ctx context.Context, desc ocispec.Descriptor, start, end int64) (*Range, error) {
+	ref := r.Reference
+	ref.Reference = desc.Digest.String()
+	ctx = auth.AppendRepositoryScope(ctx, ref, auth.ActionPull)
+	scheme := "https"
+	if r.PlainHTTP {
+		scheme = "http"
+	}
+	u := scheme + "://" + ref.Host() + "/v2/" + ref.Repository + "/blobs/" + ref.Reference
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	if err != nil {
+		return nil, fmt.Errorf("blob %s: %v: %w", desc.Digest, err, errdefs.ErrInvalidArgument)
+	}
+	want := fmt.Sprintf("bytes=%d-", start)
+	if end >= 0 {
+		want += strconv.FormatInt(end-1, 10)
+	}
+	req.Header.Set("Range", want)
+	resp, err := r.Client.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	switch resp.StatusCode {
+	case http.StatusOK:
+		if resp.ContentLength >= 0 && resp.ContentLength != desc.Size {
+			resp.Body.Close()
+			return nil, fmt.Errorf("GET %s: Content-Length %d, the blob has %d bytes: %w", resp.Request.URL.Redacted(), resp.ContentLength, desc.Size, errdefs.ErrDataLoss)
+		}
+		return &Range{ReadCloser: resp.Body}, nil
+	case http.StatusPartialContent:
+		last := desc.Size - 1
+		if end >= 0 {
+			last = end - 1
+		}
+		if cr := resp.Header.Get("Content-Range"); !strings.HasPrefix(cr, fmt.Sprintf("bytes %d-%d/", start, last)) {
+			resp.Body.Close()
+			return nil, fmt.Errorf("GET %s with Range %s: answered Content-Range %q: %w", resp.Request.URL.Redacted(), want, cr, errdefs.ErrDataLoss)
+		}
+		return &Range{ReadCloser: resp.Body, Partial: true}, nil
+	case http.StatusNotFound:
+		resp.Body.Close()
+		return nil, fmt.Errorf("%s: %w", desc.Digest, errdef.ErrNotFound)
+	default:
+		resp.Body.Close()
+		return nil, &errcode.ErrorResponse{Method: req.Method, URL: resp.Request.URL, StatusCode: resp.StatusCode}
+	}
 }

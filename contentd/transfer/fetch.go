@@ -4,11 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
+	"github.com/flotilla/flotilla/services/namespace"
 	"net/http"
 	"sync"
+	"time"
 
 	"github.com/containerd/errdefs"
+	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"golang.org/x/sync/singleflight"
 	"oras.land/oras-go/v2/errdef"
@@ -29,6 +31,23 @@ var bufPool = sync.Pool{New: func() any { b := make([]byte, copyBuffer); return 
 type fetcher struct {
 	store  content.Store
 	flight singleflight.Group
+	// partSize is the size of the ranged parts of a large blob (0: one
+	// request per blob).
+	partSize int64
+	// parallelAfter is how long the first part of a blob may take before
+	// the rest is fetched in parallel parts rather than in one request.
+	parallelAfter time.Duration
+
+	// What followers (follow.go) wait on:
+	mu        sync.Mutex
+	wake      chan struct{} // closed and replaced at every change
+	downloads map[digest.Digest]*download
+	wants     map[wantKey]int
+}
+
+func newFetcher(store content.Store, partSize int64, parallelAfter time.Duration) *fetcher {
+	return &fetcher{store: store, partSize: partSize, parallelAfter: parallelAfter, wake: make(chan struct{}),
+		downloads: map[digest.Digest]*download{}, wants: map[wantKey]int{}}
 }
 
 // fetched says how a blob came to be in the store.
@@ -43,17 +62,24 @@ const (
 // labels added, verifying its size and digest. An interrupted download
 // leaves its ingest to be resumed by the next fetch, which asks the
 // registry only for the bytes it lacks; bytes that do not match the digest
-// leave nothing behind. progress is told the bytes written so far.
-func (f *fetcher) fetch(ctx context.Context, repo *registry.Repository, desc ocispec.Descriptor, labels map[string]string, progress func(int64)) (fetched, error) {
-	if _, err := f.store.Info(ctx, desc.Digest); err == nil {
-		return fetchedExists, f.addLabels(ctx, desc, labels)
-	} else if !errdefs.IsNotFound(err) {
-		return 0, err
+// leave nothing behind. o bounds its registry requests and ranks them
+// among the pull's others. progress is told the bytes written so far.
+func (f *fetcher) fetch(ctx context.Context, repo *registry.Repository, desc ocispec.Descriptor, labels map[string]string, o order, progress func(int64)) (fetched, error) {
+	defer f.settled()
+	// Under a lease, a blob already there is recorded in it all the same
+	// (the writer below says AlreadyExists and does): the pull's image is
+	// not recorded yet, and the blob's other holders may go first.
+	if _, leased := namespace.LeaseFromContext(ctx); !leased {
+		if _, err := f.store.Info(ctx, desc.Digest); err == nil {
+			return fetchedExists, f.addLabels(ctx, desc, labels)
+		} else if !errdefs.IsNotFound(err) {
+			return 0, err
+		}
 	}
 	var mine bool
 	_, err, _ := f.flight.Do(desc.Digest.String(), func() (any, error) {
 		mine = true
-		return nil, f.download(ctx, repo, desc, labels, progress)
+		return nil, f.download(ctx, repo, desc, labels, o, progress)
 	})
 	if mine {
 		if errdefs.IsAlreadyExists(err) {
@@ -62,6 +88,12 @@ func (f *fetcher) fetch(ctx context.Context, repo *registry.Repository, desc oci
 		return fetchedNew, err
 	}
 	if err != nil {
+		if ctx.Err() == nil && (errdefs.IsCanceled(err) || errdefs.IsDeadlineExceeded(err) ||
+			errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)) {
+			// The download this pull waited for ended with its own
+			// caller; this pull still wants the blob.
+			return f.fetch(ctx, repo, desc, labels, o, progress)
+		}
 		return 0, err
 	}
 	// Another transfer downloaded it, perhaps for another namespace:
@@ -69,7 +101,7 @@ func (f *fetcher) fetch(ctx context.Context, repo *registry.Repository, desc oci
 	w, err := f.store.Writer(ctx, refKey(desc), desc.Size, desc.Digest)
 	if err == nil {
 		w.Close()
-		return f.fetch(ctx, repo, desc, labels, progress)
+		return f.fetch(ctx, repo, desc, labels, o, progress)
 	}
 	if !errdefs.IsAlreadyExists(err) {
 		return 0, err
@@ -89,7 +121,7 @@ func (f *fetcher) addLabels(ctx context.Context, desc ocispec.Descriptor, labels
 	return err
 }
 
-func (f *fetcher) download(ctx context.Context, repo *registry.Repository, desc ocispec.Descriptor, labels map[string]string, progress func(int64)) error {
+func (f *fetcher) download(ctx context.Context, repo *registry.Repository, desc ocispec.Descriptor, labels map[string]string, o order, progress func(int64)) (err error) {
 	w, err := f.store.Writer(ctx, refKey(desc), desc.Size, desc.Digest)
 	if err != nil {
 		return err
@@ -103,55 +135,34 @@ func (f *fetcher) download(ctx context.Context, repo *registry.Repository, desc 
 		offset = 0
 	}
 	if offset < desc.Size {
-		rc, err := repo.Fetch(ctx, desc)
-		if err != nil {
-			return fmt.Errorf("fetch %s from %s: %w", desc.Digest, repo.Endpoint.Host, classify(err))
-		}
-		defer rc.Close()
-		if offset > 0 {
-			if s, ok := rc.(io.Seeker); ok {
-				if _, err := s.Seek(offset, io.SeekStart); err != nil {
-					return fmt.Errorf("resume %s at %d: %w", desc.Digest, offset, classify(err))
-				}
-			} else {
-				// The registry cannot serve ranges: start again.
-				if err := w.Truncate(0); err != nil {
-					return err
-				}
-				offset = 0
-			}
-		}
+		dl := f.started(ctx, desc.Digest, refKey(desc), offset)
+		defer func() { f.ended(desc.Digest, dl, err) }()
 		if progress != nil {
 			progress(offset)
 		}
-		done := offset
-		lr := io.LimitReader(rc, desc.Size-offset+1) // one byte more shows an oversized blob
-		for {
-			// The store may hash a buffer after Write returns: each read
-			// takes a fresh one, given back once the store is done with it.
-			bp := bufPool.Get().(*[]byte)
-			n, rerr := io.ReadFull(lr, *bp)
-			if n > 0 {
-				if err := writeOwned(w, (*bp)[:n], func() { bufPool.Put(bp) }); err != nil {
-					return fmt.Errorf("write %s: %w", desc.Digest, err)
+		written := func(n int64) {
+			f.progressed(dl, n)
+			if progress != nil {
+				progress(n)
+			}
+		}
+		var done int64
+		var ferr error
+		if f.partSize > 0 && desc.Size-offset > f.partSize && !isManifest(desc.MediaType) && !isIndex(desc.MediaType) {
+			done, ferr = f.fetchRanged(ctx, repo, desc, w, offset, o, written)
+		} else {
+			done, ferr = f.fetchWhole(ctx, repo, desc, w, offset, o, written)
+		}
+		if ferr != nil {
+			err := fmt.Errorf("fetch %s from %s after %d of %d bytes: %w", desc.Digest, repo.Endpoint.Host, done, desc.Size, ferr)
+			if d, ok := w.(detacher); ok {
+				// The client drops its lease when the pull fails;
+				// what came stays for the next pull to resume.
+				if derr := d.Detach(); derr != nil {
+					err = errors.Join(err, derr)
 				}
-				done += int64(n)
-				if progress != nil {
-					progress(done)
-				}
-			} else {
-				bufPool.Put(bp)
 			}
-			if (rerr == io.EOF || rerr == io.ErrUnexpectedEOF) && done >= desc.Size {
-				break
-			}
-			if rerr == io.EOF {
-				// Cut short: keep what came, for the next pull to resume.
-				rerr = io.ErrUnexpectedEOF
-			}
-			if rerr != nil {
-				return fmt.Errorf("fetch %s from %s after %d of %d bytes: %w", desc.Digest, repo.Endpoint.Host, done, desc.Size, classify(rerr))
-			}
+			return err
 		}
 	}
 	if err := w.Commit(ctx, desc.Size, desc.Digest, labels); err != nil {
@@ -166,6 +177,36 @@ func (f *fetcher) download(ctx context.Context, repo *registry.Repository, desc 
 		return err
 	}
 	return nil
+}
+
+// fetchWhole writes bytes [offset, size) of desc into w from one request
+// (a ranged one when resuming; a registry that ignores ranges sends the
+// whole blob, and the ingest starts again at 0).
+func (f *fetcher) fetchWhole(ctx context.Context, repo *registry.Repository, desc ocispec.Descriptor, w content.Writer, offset int64, o order, written func(int64)) (int64, error) {
+	if err := o.slots.acquire(ctx, o.rank, 0); err != nil {
+		return offset, err
+	}
+	defer o.slots.release()
+	rc, start, err := repo.FetchFrom(ctx, desc, offset)
+	if err != nil {
+		return offset, fmt.Errorf("at %d: %w", offset, classify(err))
+	}
+	defer rc.Close()
+	if start != offset {
+		// The registry cannot serve ranges: start again.
+		if err := w.Truncate(0); err != nil {
+			return offset, err
+		}
+		offset = 0
+		written(0)
+	}
+	return f.pour(w, rc, offset, desc.Size, written)
+}
+
+// detacher is a content writer whose ingest can outlive the lease it was
+// started under (the local store's).
+type detacher interface {
+	Detach() error
 }
 
 // ownedWriter is a content writer that can keep p until it calls release

@@ -33,6 +33,9 @@ const maxMetadata = 8 << 20
 // On failure it leaves no image record and removes the blobs it wrote
 // (an interrupted download stays as an ingest, to be resumed).
 func (s *Service) pull(ctx context.Context, src *transfertypes.OCIRegistry, dst *transfertypes.ImageStore, send func(*transfertypes.Progress)) error {
+	if err := s.mayUnpack(ctx, dst); err != nil {
+		return err
+	}
 	ref, err := orasregistry.ParseReference(src.GetReference())
 	if err != nil {
 		return fmt.Errorf("image reference %q: %v: %w", src.GetReference(), err, errdefs.ErrInvalidArgument)
@@ -51,6 +54,11 @@ func (s *Service) pull(ctx context.Context, src *transfertypes.OCIRegistry, dst 
 	if err != nil {
 		return err
 	}
+	defer func() {
+		for _, r := range repos {
+			r.Close()
+		}
+	}()
 	var (
 		repo *registry.Repository
 		root ocispec.Descriptor
@@ -73,8 +81,60 @@ func (s *Service) pull(ctx context.Context, src *transfertypes.OCIRegistry, dst 
 	rep.status("Pulling from " + name)
 	rep.named(eventFetching, name, &root)
 
-	p := &puller{s: s, repo: repo, rep: rep, allMetadata: dst.GetAllMetadata(), distSource: labelDistributionSrc + ref.Registry, repoPath: ref.Repository}
-	p.filter = platforms.All
+	ctx, endLease, err := s.withLease(ctx)
+	if err != nil {
+		return fmt.Errorf("pull %s: %w", name, err)
+	}
+	defer endLease()
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	p, err := s.newPuller(ctx, cancel, dst, rep, repo)
+	if err != nil {
+		return err
+	}
+	p.distSource, p.repoPath = labelDistributionSrc+ref.Registry, ref.Repository
+	// What a failed pull committed stays under its lease, for a
+	// collection to take once the lease goes (as in containerd): removing
+	// it here would take blobs that a concurrent pull of another image
+	// has meanwhile come to use.
+	err = p.pull(ctx, root)
+	if err != nil {
+		cancel(err)
+		return err
+	}
+	imgs, err := s.storeImages(ctx, dst, root)
+	if err != nil {
+		return err
+	}
+	for _, img := range imgs {
+		rep.named(eventSaved, img.GetName(), &root)
+	}
+	rep.status("Completed pull from " + name)
+	return nil
+}
+
+// mayUnpack refuses, before any work is done, a transfer asking to unpack
+// on a node its caller may not name (a client or another node's service
+// calling contentd directly); whether that node can be reached is found
+// when the unpack starts.
+func (s *Service) mayUnpack(ctx context.Context, dst *transfertypes.ImageStore) error {
+	if len(dst.GetUnpacks()) == 0 || s.nodes == nil {
+		return nil
+	}
+	if _, err := s.nodes.Node(ctx); errdefs.IsPermissionDenied(err) {
+		return err
+	}
+	return nil
+}
+
+// newPuller returns a puller of the platforms dst asks for, unpacking as
+// it asks on the caller's node, whose work ends early through cancel (the
+// cancel of ctx). repo is the registry to fetch from; nil walks blobs
+// already in the store (an import). Asking to unpack when contentd knows
+// no snapshotd is FailedPrecondition.
+func (s *Service) newPuller(ctx context.Context, cancel context.CancelCauseFunc, dst *transfertypes.ImageStore, rep *reporter, repo *registry.Repository) (*puller, error) {
+	p := &puller{s: s, repo: repo, local: repo == nil, rep: rep, allMetadata: dst.GetAllMetadata(),
+		filter: platforms.All, cancel: cancel}
 	if ps := dst.GetPlatforms(); len(ps) > 0 {
 		var list []ocispec.Platform
 		for _, pl := range ps {
@@ -95,33 +155,18 @@ func (s *Service) pull(ctx context.Context, src *transfertypes.OCIRegistry, dst 
 	}
 	if len(p.unpacks) > 0 {
 		if s.nodes == nil {
-			return fmt.Errorf("unpack asked, but contentd knows no snapshotd: %w", errdefs.ErrFailedPrecondition)
+			return nil, fmt.Errorf("unpack asked, but contentd knows no snapshotd: %w", errdefs.ErrFailedPrecondition)
 		}
+		var err error
 		if p.node, err = s.nodes.Node(ctx); err != nil {
-			return err
+			return nil, err
 		}
 	}
-
-	ctx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
+	// Every layer waits for a request slot at once; the slots go to the
+	// layers in the order unpack needs them.
 	p.layers, _ = errgroup.WithContext(ctx)
-	p.layers.SetLimit(s.cfg.MaxConcurrentDownloads)
-	p.cancel = cancel
-	err = p.pull(ctx, root)
-	if err != nil {
-		cancel(err)
-		p.cleanup(ctx)
-		return err
-	}
-	imgs, err := s.storeImages(ctx, dst, root)
-	if err != nil {
-		return err
-	}
-	for _, img := range imgs {
-		rep.named(eventSaved, img.GetName(), &root)
-	}
-	rep.status("Completed pull from " + name)
-	return nil
+	p.slots = newSlots(s.cfg.MaxConcurrentDownloads)
+	return p, nil
 }
 
 type unpackTarget struct {
@@ -142,14 +187,15 @@ type puller struct {
 	distSource  string
 	repoPath    string
 	layers      *errgroup.Group
+	slots       *slots // the registry requests the pull may have open
 	cancel      context.CancelCauseFunc
 	// local walks blobs already in the store (an import) instead of
 	// fetching them.
 	local bool
 
 	mu        sync.Mutex
-	written   []digest.Digest // blobs this pull added, removed if it fails
 	unpackers []*unpacker
+	releases  []func() // end the wants of the unpackers' layers
 }
 
 func (p *puller) pull(ctx context.Context, root ocispec.Descriptor) error {
@@ -170,6 +216,9 @@ func (p *puller) run(ctx context.Context, walk func(context.Context) error) erro
 		if err := <-u.done; err != nil && unpackErr == nil {
 			unpackErr = err
 		}
+	}
+	for _, release := range p.releases {
+		release()
 	}
 	switch {
 	case walkErr != nil:
@@ -281,6 +330,17 @@ func (p *puller) manifest(ctx context.Context, desc ocispec.Descriptor, targets 
 		return nil
 	}
 	var unpackers []*unpacker
+	if len(targets) > 0 && !p.local {
+		// The unpackers follow the layers as they download.
+		dgsts := make([]digest.Digest, len(m.Layers))
+		for i, l := range m.Layers {
+			dgsts[i] = l.Digest
+		}
+		release := p.s.fetch.want(ctx, dgsts...)
+		p.mu.Lock()
+		p.releases = append(p.releases, release)
+		p.mu.Unlock()
+	}
 	for _, t := range targets {
 		u, err := newUnpacker(p.node, t.snapshotter, p.s.content, m.Config, img, m.Layers, p.rep)
 		if err != nil {
@@ -297,7 +357,8 @@ func (p *puller) manifest(ctx context.Context, desc ocispec.Descriptor, targets 
 	}
 	for i, l := range m.Layers {
 		p.layers.Go(func() error {
-			if err := p.fetchBlob(ctx, l); err != nil {
+			// Rank 0 is the manifests' and configs'.
+			if err := p.fetchBlob(ctx, l, i+1); err != nil {
 				return err
 			}
 			for _, u := range unpackers {
@@ -309,8 +370,9 @@ func (p *puller) manifest(ctx context.Context, desc ocispec.Descriptor, targets 
 	return nil
 }
 
-// fetchBlob fetches one blob, reporting its progress.
-func (p *puller) fetchBlob(ctx context.Context, desc ocispec.Descriptor) error {
+// fetchBlob fetches one blob, reporting its progress; blobs of a lower
+// rank get the registry first.
+func (p *puller) fetchBlob(ctx context.Context, desc ocispec.Descriptor, rank int) error {
 	if err := context.Cause(ctx); err != nil {
 		return err
 	}
@@ -320,7 +382,7 @@ func (p *puller) fetchBlob(ctx context.Context, desc ocispec.Descriptor) error {
 		}
 		return nil
 	}
-	how, err := p.s.fetch.fetch(ctx, p.repo, desc, map[string]string{p.distSource: p.repoPath}, func(n int64) {
+	how, err := p.s.fetch.fetch(ctx, p.repo, desc, map[string]string{p.distSource: p.repoPath}, order{p.slots, rank}, func(n int64) {
 		p.rep.blob(eventDownloading, desc, n)
 	})
 	if err != nil {
@@ -328,9 +390,6 @@ func (p *puller) fetchBlob(ctx context.Context, desc ocispec.Descriptor) error {
 	}
 	switch how {
 	case fetchedNew:
-		p.mu.Lock()
-		p.written = append(p.written, desc.Digest)
-		p.mu.Unlock()
 		p.rep.blob(eventComplete, desc, desc.Size)
 	case fetchedExists:
 		p.rep.blob(eventExists, desc, desc.Size)
@@ -344,7 +403,7 @@ func (p *puller) fetchMetadata(ctx context.Context, desc ocispec.Descriptor, _ *
 		return nil, fmt.Errorf("%s is %d bytes, more than the %d a manifest or config may have: %w", desc.Digest, desc.Size, maxMetadata, errdefs.ErrInvalidArgument)
 	}
 	p.rep.blob(eventWaiting, desc, 0)
-	if err := p.fetchBlob(ctx, desc); err != nil {
+	if err := p.fetchBlob(ctx, desc, 0); err != nil {
 		return nil, err
 	}
 	return readBlob(ctx, p.s.content, desc)
@@ -364,19 +423,6 @@ func readBlob(ctx context.Context, store content.Provider, desc ocispec.Descript
 		return nil, err
 	}
 	return data, nil
-}
-
-// cleanup removes the blobs a failed pull added, on a context that
-// outlives the failure.
-func (p *puller) cleanup(ctx context.Context) {
-	ctx = context.WithoutCancel(ctx)
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	for _, d := range p.written {
-		if err := p.s.content.Delete(ctx, d); err != nil && !errdefs.IsNotFound(err) {
-			p.s.log.Warn("remove blob of a failed pull", "digest", d, "error", err)
-		}
-	}
 }
 
 // storeImages records root under the image store's names, as containerd's

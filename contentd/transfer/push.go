@@ -35,6 +35,11 @@ func (s *Service) push(ctx context.Context, src *transfertypes.ImageStore, dst *
 	if err != nil {
 		return err
 	}
+	defer func() {
+		for _, r := range repos {
+			r.Close()
+		}
+	}()
 	repo := repos[0]
 	var match platforms.Matcher
 	if ps := src.GetPlatforms(); len(ps) > 0 {

@@ -8,6 +8,9 @@ package transfer
 import (
 	"context"
 	"fmt"
+	"github.com/flotilla/flotilla/services/logging"
+	"github.com/flotilla/flotilla/services/namespace"
+	"io"
 	"log/slog"
 	"time"
 
@@ -16,6 +19,7 @@ import (
 	transfertypes "github.com/containerd/containerd/api/types/transfer"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/typeurl/v2"
+	"github.com/opencontainers/go-digest"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/emptypb"
 
@@ -39,10 +43,56 @@ type Config struct {
 	// StallTimeout fails a registry request that receives nothing for
 	// this long, however long the whole transfer takes (0: 30s).
 	StallTimeout time.Duration
-	// MaxConcurrentDownloads bounds the blobs one pull fetches at once (0: 4).
+	// MaxConcurrentDownloads bounds the registry requests one pull has
+	// open at once, whole blobs and ranged parts alike (0: 4).
 	MaxConcurrentDownloads int
+	// FetchPartSize is the size of the ranged parts a blob larger than it
+	// is fetched in, several at once, where the registry does ranges
+	// (0: DefaultPartSize; negative: one request per blob).
+	FetchPartSize int64
+	// FetchParallelAfter is how long the first part of a larger blob may
+	// take before the rest is fetched in parallel parts: a registry that
+	// sends it faster is not the bottleneck, and gets the rest in one
+	// more request (0: always in parallel parts).
+	FetchParallelAfter time.Duration
 	// DefaultSnapshotter unpacks when the client names no snapshotter.
 	DefaultSnapshotter string
+	// Leases, when set, holds what a pull or import writes while it runs
+	// if its caller sent no lease (see Leases).
+	Leases Leases
+}
+
+// Leases makes the lease a pull or import runs under when its caller gave
+// none, as containerd's transfer service does: without one, a collection
+// could take a blob or snapshot it wrote before the image that references
+// it is recorded. The lease expires in a day and is deleted when the
+// transfer ends, which lets a collection take what a failed one left.
+type Leases interface {
+	Create(ctx context.Context, expire time.Duration) (id string, err error)
+	Delete(ctx context.Context, id string) error
+}
+
+// ownLeaseExpiry is how long a transfer's own lease lives if it is never
+// deleted (contentd stopped midway), containerd's figure.
+const ownLeaseExpiry = 24 * time.Hour
+
+// withLease returns ctx under the caller's lease or, when it sent none,
+// under a lease of the transfer's own, which end deletes. Pulls and imports
+// write blobs and snapshots that nothing references until their image is
+// recorded; the lease keeps a collection from taking them meanwhile.
+func (s *Service) withLease(ctx context.Context) (_ context.Context, end func(), _ error) {
+	if _, ok := namespace.LeaseFromContext(ctx); ok || s.cfg.Leases == nil {
+		return ctx, func() {}, nil
+	}
+	id, err := s.cfg.Leases.Create(ctx, ownLeaseExpiry)
+	if err != nil {
+		return ctx, nil, fmt.Errorf("lease: %w", err)
+	}
+	return namespace.WithLease(ctx, id), func() {
+		if err := s.cfg.Leases.Delete(context.WithoutCancel(ctx), id); err != nil && !errdefs.IsNotFound(err) {
+			logging.Or(ctx, s.log).Warn("delete a transfer's own lease", "lease", id, "error", err)
+		}
+	}, nil
 }
 
 // Service serves containerd.services.transfer.v1.Transfer.
@@ -68,11 +118,28 @@ func New(cfg Config, store content.Store, images Images, streams streaming.Gette
 	if cfg.MaxConcurrentDownloads <= 0 {
 		cfg.MaxConcurrentDownloads = 4
 	}
+	if cfg.FetchPartSize == 0 {
+		cfg.FetchPartSize = DefaultPartSize
+	}
 	if cfg.DefaultSnapshotter == "" {
 		cfg.DefaultSnapshotter = "overlayfs"
 	}
 	return &Service{cfg: cfg, content: store, images: images, streams: streams, nodes: nodes,
-		fetch: &fetcher{store: store}, log: log}
+		fetch: newFetcher(store, max(cfg.FetchPartSize, 0), cfg.FetchParallelAfter), log: log}
+}
+
+// Follow reads a blob a transfer of the context's namespace is fetching,
+// as it arrives (see fetcher.Follow); the content service serves reads
+// that ask to follow with it.
+func (s *Service) Follow(ctx context.Context, dgst digest.Digest, offset int64) (io.ReadCloser, error) {
+	return s.fetch.Follow(ctx, dgst, offset)
+}
+
+// Tail hands over where the bytes of a blob a transfer of the context's
+// namespace is fetching are, as they arrive (see fetcher.Tail); the
+// handoff server serves it to readers on this host.
+func (s *Service) Tail(ctx context.Context, dgst digest.Digest, fn func(src io.ReaderAt, limit int64, whole bool) error) error {
+	return s.fetch.Tail(ctx, dgst, fn)
 }
 
 // Transfer implements the Transfer API: it decodes the source and the
@@ -118,8 +185,11 @@ func (s *Service) Transfer(ctx context.Context, req *transferapi.TransferRequest
 			return &emptypb.Empty{}, s.export(ctx, src, dst, send)
 		}
 	case *transfertypes.ImageImportStream:
-		if dst, ok := dst.(*transfertypes.ImageStore); ok {
+		switch dst := dst.(type) {
+		case *transfertypes.ImageStore:
 			return &emptypb.Empty{}, s.importArchive(ctx, src, dst, send)
+		case *transfertypes.ImageExportStream:
+			return &emptypb.Empty{}, s.echo(ctx, src, dst)
 		}
 	}
 	return nil, fmt.Errorf("transfer from %s to %s: %w", req.GetSource().GetTypeUrl(), req.GetDestination().GetTypeUrl(), errdefs.ErrNotImplemented)
@@ -134,4 +204,29 @@ func decode(a *anypb.Any, what string) (any, error) {
 		return nil, fmt.Errorf("%s of type %s: %v: %w", what, a.GetTypeUrl(), err, errdefs.ErrNotImplemented)
 	}
 	return v, nil
+}
+
+// echo copies an import stream to an export stream as it is, as
+// containerd's transfer service does for that pair (its TestTransferEcho):
+// nothing is stored.
+func (s *Service) echo(ctx context.Context, src *transfertypes.ImageImportStream, dst *transfertypes.ImageExportStream) error {
+	in, err := s.streams.Get(ctx, src.GetStream())
+	if err != nil {
+		return fmt.Errorf("import stream: %w", err)
+	}
+	r := streaming.NewReader(in)
+	defer r.Close()
+	out, err := s.streams.Get(ctx, dst.GetStream())
+	if err != nil {
+		return fmt.Errorf("export stream: %w", err)
+	}
+	w := streaming.NewWriter(ctx, out)
+	if _, err := io.Copy(w, r); err != nil {
+		w.Close()
+		return fmt.Errorf("echo: %w", err)
+	}
+	if err := w.Close(); err != nil {
+		return fmt.Errorf("echo: %w", err)
+	}
+	return nil
 }

@@ -15,6 +15,7 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/flotilla/flotilla/contentd/content"
+	"github.com/flotilla/flotilla/services/contentclient"
 	"github.com/flotilla/flotilla/services/namespace"
 )
 
@@ -76,7 +77,9 @@ func newUnpacker(node Node, snapshotter string, store content.Manager, config oc
 	return u, nil
 }
 
-// layerReady tells the unpacker that layer i's blob is committed.
+// layerReady tells the unpacker that layer i's blob is committed. Its
+// snapshot is applied meanwhile, from the bytes as they arrive, but
+// committed only after.
 func (u *unpacker) layerReady(i int) { close(u.ready[i]) }
 
 // run unpacks, reporting the outcome on u.done.
@@ -100,11 +103,6 @@ func (u *unpacker) unpack(ctx context.Context) error {
 		}
 	}
 	for i := start; i < len(u.layers); i++ {
-		select {
-		case <-ctx.Done():
-			return context.Cause(ctx)
-		case <-u.ready[i]:
-		}
 		if err := u.apply(ctx, i, chainIDs); err != nil {
 			return fmt.Errorf("unpack layer %s on node %s (%s): %w", u.layers[i].Digest, u.node.Name, u.snapshotter, err)
 		}
@@ -148,7 +146,9 @@ func (u *unpacker) apply(ctx context.Context, i int, chainIDs []digest.Digest) e
 		u.node.Snapshots.Remove(rctx, &snapshotsapi.RemoveSnapshotRequest{Snapshotter: u.snapshotter, Key: key})
 	}
 	u.rep.blob(eventExtracting, layer, 0)
-	applied, err := u.node.Diff.Apply(ctx, &diffapi.ApplyRequest{Diff: descToProto(layer), Mounts: prep.GetMounts()})
+	// snapshotd reads the layer as it downloads; the snapshot is committed
+	// only once the blob is, verified, too.
+	applied, err := u.node.Diff.Apply(contentclient.WithFollow(ctx), &diffapi.ApplyRequest{Diff: descToProto(layer), Mounts: prep.GetMounts()})
 	if err != nil {
 		remove()
 		return fmt.Errorf("apply: %w", err)
@@ -156,6 +156,12 @@ func (u *unpacker) apply(ctx context.Context, i int, chainIDs []digest.Digest) e
 	if got := applied.GetApplied().GetDigest(); got != u.diffIDs[i].String() {
 		remove()
 		return fmt.Errorf("applied layer has digest %s, the image config says %s: %w", got, u.diffIDs[i], errdefs.ErrDataLoss)
+	}
+	select {
+	case <-ctx.Done():
+		remove()
+		return context.Cause(ctx)
+	case <-u.ready[i]:
 	}
 	if _, err := u.node.Snapshots.Commit(ctx, &snapshotsapi.CommitSnapshotRequest{
 		Snapshotter: u.snapshotter, Name: chainID, Key: key, Labels: labels,

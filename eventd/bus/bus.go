@@ -10,6 +10,9 @@ import (
 	"time"
 
 	"github.com/containerd/containerd/api/types"
+
+	"github.com/flotilla/flotilla/services/mtls"
+	"github.com/flotilla/flotilla/services/tracing"
 )
 
 // Bus delivers published envelopes to subscriptions.
@@ -42,6 +45,10 @@ type options struct {
 	onConnected func(bool)
 	channel     string
 	grace       time.Duration
+	outbox      int
+	onOutbox    func(n int)
+	identity    *mtls.Identity    // Redis over TLS: the certificate eventd presents
+	tracing     *tracing.Provider // Redis: deliveries traced (nil: off)
 }
 
 // WithBuffer sets how many envelopes each subscription may hold before the
@@ -69,8 +76,14 @@ func WithDropHook(f func(*types.Envelope)) Option {
 	return func(o *options) { o.onDrop = f }
 }
 
+// WithOutboxHook calls f with the number of envelopes waiting in the Redis
+// bus's outbox each time it changes, such as to export it as a gauge.
+func WithOutboxHook(f func(n int)) Option {
+	return func(o *options) { o.onOutbox = f }
+}
+
 func newOptions(opts []Option) options {
-	o := options{buffer: DefaultBuffer, logger: slog.Default(), channel: DefaultChannel, grace: DefaultRecoveryGrace}
+	o := options{buffer: DefaultBuffer, logger: slog.Default(), channel: DefaultChannel, grace: DefaultRecoveryGrace, outbox: DefaultOutbox}
 	for _, opt := range opts {
 		opt(&o)
 	}

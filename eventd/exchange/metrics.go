@@ -41,6 +41,8 @@ type Metrics struct {
 	Subscribers prometheus.Gauge
 	// RedisConnected is 1 while eventd is subscribed to Redis, else 0.
 	RedisConnected prometheus.Gauge
+	// Outbox is the number of events held, in order, while Redis cannot take them.
+	Outbox prometheus.Gauge
 }
 
 // NewMetrics returns unregistered metrics.
@@ -61,6 +63,9 @@ func NewMetrics() *Metrics {
 		RedisConnected: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "eventd_redis_connected", Help: "1 while eventd is subscribed to Redis, 0 while it is reconnecting.",
 		}),
+		Outbox: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "eventd_redis_outbox_length", Help: "Events held in order while Redis cannot take them.",
+		}),
 	}
 }
 
@@ -69,7 +74,7 @@ func NewMetrics() *Metrics {
 func (m *Metrics) Register(reg prometheus.Registerer, withRedis bool) error {
 	cs := []prometheus.Collector{m.Published, m.Delivered, m.Dropped, m.Subscribers}
 	if withRedis {
-		cs = append(cs, m.RedisConnected)
+		cs = append(cs, m.RedisConnected, m.Outbox)
 	}
 	for _, c := range cs {
 		if err := reg.Register(c); err != nil {

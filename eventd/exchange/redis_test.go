@@ -214,8 +214,10 @@ func TestBadInputIsInvalidArgument(t *testing.T) {
 func TestRedisOutage(t *testing.T) {
 	redis := startRedis(t)
 	grace := bus.WithRecoveryGrace(time.Minute)
+	// eventd holds up to 100 events itself through the outage; the rest
+	// wait in the publisher's queue, which fills.
 	first := startEventd(t, "eventd-1", redis.URL(), grace)
-	second := startEventd(t, "eventd-2", redis.URL(), grace)
+	second := startEventd(t, "eventd-2", redis.URL(), grace, bus.WithOutbox(100))
 	// Let each eventd note how many eventd share the channel (sampled every second).
 	time.Sleep(2500 * time.Millisecond)
 	for _, e := range []*eventd{first, second} {

@@ -31,6 +31,9 @@ func Setup(cfg Config) func(context.Context, *server.Server) error {
 		log := srv.Logger()
 		opts := append([]bus.Option{
 			bus.WithLogger(log),
+			// eventd's own, also beside other components in one process.
+			bus.WithIdentity(srv.Identity()),
+			bus.WithTracing(srv.Tracing()),
 			bus.WithDropHook(func(env *types.Envelope) { m.Dropped.WithLabelValues(topicLabel(env.Topic)).Inc() }),
 		}, cfg.BusOptions...)
 
@@ -41,7 +44,7 @@ func Setup(cfg Config) func(context.Context, *server.Server) error {
 			srv.SetServing(ServiceName, true)
 		} else {
 			srv.SetServing(ServiceName, false)
-			opts = append(opts, bus.WithStateHook(func(up bool) {
+			opts = append(opts, bus.WithOutboxHook(func(n int) { m.Outbox.Set(float64(n)) }), bus.WithStateHook(func(up bool) {
 				if up {
 					m.RedisConnected.Set(1)
 				} else {

@@ -307,6 +307,7 @@ func Exec(ctx context.Context, c *client.Client, id string, o ExecOptions) (uint
 		}
 		return 0, fmt.Errorf("exec in %s: %w", id, err)
 	}
+	a.Created()
 	defer func() {
 		cctx, cancel := cleanupContext(ctx)
 		defer cancel()

@@ -15,7 +15,6 @@ import (
 
 	"github.com/containerd/console"
 	containersapi "github.com/containerd/containerd/api/services/containers/v1"
-	leasesapi "github.com/containerd/containerd/api/services/leases/v1"
 	snapshotsapi "github.com/containerd/containerd/api/services/snapshots/v1"
 	tasksapi "github.com/containerd/containerd/api/services/tasks/v1"
 	"github.com/containerd/errdefs"
@@ -125,7 +124,7 @@ func Run(ctx context.Context, c *client.Client, o RunOptions) (_ *Running, retEr
 
 	// A lease keeps what the unpack commits from GC until the container
 	// record references the snapshot.
-	lctx, release, err := withLease(ctx, c)
+	lctx, release, err := client.WithLease(ctx, c.Leases)
 	if err != nil {
 		return nil, err
 	}
@@ -223,6 +222,9 @@ func Run(ctx context.Context, c *client.Client, o RunOptions) (_ *Running, retEr
 	if err != nil {
 		return nil, fmt.Errorf("create task: %w", err)
 	}
+	if attached != nil {
+		attached.Created()
+	}
 	undo = append(undo, func(ctx context.Context) {
 		c.Tasks.Kill(ctx, &tasksapi.KillRequest{ContainerID: o.ID, Signal: 9, All: true})
 		c.Tasks.Delete(ctx, &tasksapi.DeleteTaskRequest{ContainerID: o.ID})
@@ -288,22 +290,4 @@ func (r *Running) Wait(ctx context.Context) (uint32, error) {
 // removing what a cancelled call left behind.
 func cleanupContext(ctx context.Context) (context.Context, context.CancelFunc) {
 	return context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
-}
-
-// withLease creates a lease that expires on its own after an hour (should
-// flotctl die before deleting it) and returns ctx carrying it.
-func withLease(ctx context.Context, c *client.Client) (context.Context, func(), error) {
-	id := "flotctl-" + NewID()
-	_, err := c.Leases.Create(ctx, &leasesapi.CreateRequest{ID: id, Labels: map[string]string{
-		"containerd.io/gc.expire": time.Now().Add(time.Hour).UTC().Format(time.RFC3339),
-	}})
-	if err != nil {
-		return nil, nil, fmt.Errorf("create lease: %w", err)
-	}
-	release := func() {
-		cctx, cancel := cleanupContext(ctx)
-		defer cancel()
-		c.Leases.Delete(cctx, &leasesapi.DeleteRequest{ID: id})
-	}
-	return namespace.WithLease(ctx, id), release, nil
 }

@@ -21,7 +21,10 @@ import (
 // Up starts every daemon of the stack that is not already running, in
 // order, each in its own session so it outlives the caller, and returns once
 // each one answers its health check as SERVING. A daemon that does not come
-// up within timeout is named in the error, with the end of its log.
+// up within timeout is named in the error, with the end of its log. In
+// OneProcess mode it starts the flotilla process, unless it runs, and waits
+// for every service of it the same way. A stack running in the other mode
+// is not touched: Up fails, naming what runs.
 func Up(ctx context.Context, l Layout, timeout time.Duration) error {
 	for _, dir := range []string{filepath.Dir(l.PidFile("x")), l.Root} {
 		if err := os.MkdirAll(dir, 0o711); err != nil {
@@ -34,6 +37,16 @@ func Up(ctx context.Context, l Layout, timeout time.Duration) error {
 	}
 	if err := os.Chmod(filepath.Dir(l.LogFile("x")), 0o700); err != nil {
 		return err
+	}
+	mode, err := ParseMode(string(l.Mode))
+	if err != nil {
+		return err
+	}
+	if mode == OneProcess {
+		return l.upOne(ctx, timeout)
+	}
+	if pid, ok := l.running(ProcessName); ok {
+		return fmt.Errorf("the stack runs in one process (%s, pid %d): stop it before starting it in %s mode", ProcessName, pid, mode)
 	}
 	for _, s := range l.Services() {
 		if pid, ok := l.running(s.Name); ok {
@@ -58,6 +71,42 @@ func Up(ctx context.Context, l Layout, timeout time.Duration) error {
 		cancel(nil)
 		if err != nil {
 			return fmt.Errorf("%s did not come up: %w\n--- last lines of %s ---\n%s", s.Name, err, l.LogFile(s.Name), tail(l.LogFile(s.Name), 15))
+		}
+	}
+	return nil
+}
+
+// upOne is Up in OneProcess mode.
+func (l Layout) upOne(ctx context.Context, timeout time.Duration) error {
+	for _, name := range Order {
+		if pid, ok := l.running(name); ok {
+			return fmt.Errorf("%s runs on its own (pid %d): the stack is up in %s mode; stop it before starting it in one process", name, pid, Separate)
+		}
+	}
+	wctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	if pid, ok := l.running(ProcessName); ok {
+		for _, s := range l.Services() {
+			if err := waitHealthy(wctx, s, timeout); err != nil {
+				return fmt.Errorf("%s (pid %d) is running but %s is not healthy: %w", ProcessName, pid, s.Name, err)
+			}
+		}
+		return nil
+	}
+	exited, err := l.start(Service{Name: ProcessName, Args: l.OneProcessArgs()})
+	if err != nil {
+		return fmt.Errorf("start %s: %w", ProcessName, err)
+	}
+	go func() {
+		select {
+		case err := <-exited:
+			cancel(fmt.Errorf("%s exited: %v", ProcessName, err))
+		case <-wctx.Done():
+		}
+	}()
+	for _, s := range l.Services() {
+		if err := waitHealthy(wctx, s, timeout); err != nil {
+			return fmt.Errorf("%s did not come up in %s: %w\n--- last lines of %s ---\n%s", s.Name, ProcessName, err, l.LogFile(ProcessName), tail(l.LogFile(ProcessName), 15))
 		}
 	}
 	return nil
@@ -117,12 +166,14 @@ func isZombie(stat string) bool {
 }
 
 // Down stops every running daemon of the stack with SIGTERM, in reverse
-// start order, waiting up to timeout for each to exit before it is killed.
-// Pid files of daemons already gone (a kill -9) are cleaned up.
+// start order, waiting up to timeout for each to exit before it is killed;
+// whichever mode the stack runs in, the flotilla process too. Pid files of
+// daemons already gone (a kill -9) are cleaned up.
 func Down(l Layout, timeout time.Duration) error {
 	var errs []error
-	for i := len(Order) - 1; i >= 0; i-- {
-		name := Order[i]
+	names := append([]string{ProcessName}, Order...)
+	for i := len(names) - 1; i >= 0; i-- {
+		name := names[i]
 		pid, ok := l.running(name)
 		if !ok {
 			os.Remove(l.PidFile(name))

@@ -1,6 +1,12 @@
 // Package stack starts and stops one node's Flotilla daemons as background
 // processes, and reports their health. It is what `make up`, `make down` and
 // `flotctl stack status` run.
+//
+// A node runs in one of two modes: every component in one `flotilla`
+// process (OneProcess, the default), or each daemon as a process of its own
+// (Separate, as compose.yaml and multi-host deployments run them). Either
+// way each component serves its own socket, so status and clients see the
+// same stack.
 package stack
 
 import (
@@ -8,6 +14,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 
 	"github.com/flotilla/flotilla/services/config"
 )
@@ -22,6 +29,30 @@ type Service struct {
 	MetricsAddress string
 	// Args are the flags it is started with.
 	Args []string
+}
+
+// Mode is how a node's components run.
+type Mode string
+
+const (
+	// OneProcess runs every component in one flotilla process.
+	OneProcess Mode = "one"
+	// Separate runs each daemon as a process of its own.
+	Separate Mode = "separate"
+)
+
+// ProcessName is the binary, pid file and log of the one-process mode.
+const ProcessName = "flotilla"
+
+// ParseMode reads a mode's name; empty is OneProcess.
+func ParseMode(s string) (Mode, error) {
+	switch Mode(s) {
+	case "":
+		return OneProcess, nil
+	case OneProcess, Separate:
+		return Mode(s), nil
+	}
+	return "", fmt.Errorf("mode %q: want %q or %q", s, OneProcess, Separate)
 }
 
 // Layout is where one node's stack keeps its binaries, data and sockets.
@@ -41,12 +72,16 @@ type Layout struct {
 	// LogLevel is passed to every daemon.
 	LogLevel string
 	// ExtraArgs, keyed by daemon name, are flags appended to that daemon's
-	// command line (e.g. "taskd": {"--config", "taskd.toml"}).
+	// command line (e.g. "taskd": {"--config", "taskd.toml"}); in one
+	// process they are given as that component's (--taskd.config ...).
 	ExtraArgs map[string][]string
+	// Mode is how the daemons run: OneProcess or Separate.
+	Mode Mode
 }
 
 // DefaultLayout reads the layout from the environment: FLOTILLA_ROOT,
-// FLOTILLA_STATE, REDIS_URL, FLOTILLA_METRICS_PORT.
+// FLOTILLA_STATE, REDIS_URL, FLOTILLA_METRICS_PORT, FLOTILLA_MODE (one, the
+// default, or separate; an unknown mode is left for Up to refuse).
 func DefaultLayout(bin string) Layout {
 	port := 19100
 	if v, err := strconv.Atoi(os.Getenv("FLOTILLA_METRICS_PORT")); err == nil && v > 0 {
@@ -60,7 +95,15 @@ func DefaultLayout(bin string) Layout {
 		MetricsBasePort: port,
 		RedisURL:        os.Getenv("REDIS_URL"),
 		LogLevel:        "info",
+		Mode:            defaultMode(),
 	}
+}
+
+func defaultMode() Mode {
+	if v := os.Getenv("FLOTILLA_MODE"); v != "" {
+		return Mode(v)
+	}
+	return OneProcess
 }
 
 // Order is the order daemons start in: eventd first, since every other
@@ -128,4 +171,21 @@ func (l Layout) Services() []Service {
 		out = append(out, s)
 	}
 	return out
+}
+
+// OneProcessArgs is the command line of the flotilla process that runs
+// every service of the stack: each daemon's flags, named for its component
+// (--address becomes --contentd.address).
+func (l Layout) OneProcessArgs() []string {
+	var args []string
+	for _, s := range l.Services() {
+		for _, a := range s.Args {
+			// Flags start with a dash; no value the stack gives does.
+			if strings.HasPrefix(a, "-") {
+				a = "--" + s.Name + "." + strings.TrimLeft(a, "-")
+			}
+			args = append(args, a)
+		}
+	}
+	return args
 }

@@ -60,23 +60,13 @@ func info(ctx context.Context, socket string) (*servicev1.GetInfoResponse, error
 }
 
 // PrintStatus writes one line per service: name, address, health, version,
-// pid and metrics address.
+// pid and metrics address; then, when the gateway reads a service registry,
+// one line per instance on every node.
 func PrintStatus(w io.Writer, resp *gatewayv1.StackStatusResponse) error {
 	tw := tabwriter.NewWriter(w, 2, 8, 2, ' ', 0)
 	fmt.Fprintln(tw, "SERVICE\tADDRESS\tHEALTH\tVERSION\tPID\tMETRICS\tSERVES")
 	for _, s := range resp.GetServices() {
-		info := s.GetInfo()
-		version, pid, metrics := "-", "-", "-"
-		if info != nil {
-			version = info.GetVersion()
-			if r := info.GetRevision(); r != "" && r != "unknown" {
-				version += " (" + shortRev(r) + ")"
-			}
-			pid = fmt.Sprint(info.GetPid())
-			if info.GetMetricsAddress() != "" {
-				metrics = "http://" + info.GetMetricsAddress() + "/metrics"
-			}
-		}
+		version, pid, metrics := describe(s.GetInfo())
 		health := s.GetHealth()
 		if s.GetError() != "" {
 			health += ": " + s.GetError()
@@ -87,7 +77,50 @@ func PrintStatus(w io.Writer, resp *gatewayv1.StackStatusResponse) error {
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", s.GetName(), s.GetAddress(), health, version, pid, metrics, serves)
 	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	if len(resp.GetCluster()) == 0 && resp.GetClusterError() == "" {
+		return nil
+	}
+	// The whole cluster, as the service registry lists it.
+	fmt.Fprintln(w, "\nCLUSTER (service registry)")
+	if e := resp.GetClusterError(); e != "" {
+		fmt.Fprintf(w, "registry not read: %s\n", e)
+	}
+	tw = tabwriter.NewWriter(w, 2, 8, 2, ' ', 0)
+	fmt.Fprintln(tw, "NODE\tSERVICE\tADDRESS\tHEALTH\tVERSION\tPID\tMETRICS")
+	for _, s := range resp.GetCluster() {
+		version, pid, metrics := describe(s.GetInfo())
+		health := s.GetHealth()
+		if s.GetError() != "" {
+			health += ": " + s.GetError()
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", s.GetNode(), s.GetName(), s.GetAddress(), health, version, pid, metrics)
+	}
 	return tw.Flush()
+}
+
+// describe gives a service's version, pid and metrics URL, "-" for what
+// it does not say.
+func describe(info *servicev1.GetInfoResponse) (version, pid, metrics string) {
+	version, pid, metrics = "-", "-", "-"
+	if info == nil {
+		return
+	}
+	if v := info.GetVersion(); v != "" {
+		version = v
+		if r := info.GetRevision(); r != "" && r != "unknown" {
+			version += " (" + shortRev(r) + ")"
+		}
+	}
+	if info.GetPid() != 0 {
+		pid = fmt.Sprint(info.GetPid())
+	}
+	if info.GetMetricsAddress() != "" {
+		metrics = "http://" + info.GetMetricsAddress() + "/metrics"
+	}
+	return
 }
 
 func shortRev(r string) string {

@@ -52,18 +52,22 @@ type Attached struct {
 	out     sync.WaitGroup
 	// stdinDone is closed when stdin reached its end and was closed.
 	stdinDone chan struct{}
+	// created is closed by Created (or Close): CloseStdin is not called
+	// before, since the runtime has no process to close it for yet.
+	created     chan struct{}
+	createdOnce sync.Once
 }
 
 // NewFIFOs creates FIFOs under dir (a new directory below it) for s's
-// streams and starts copying. CloseStdin is called once s.Stdin has ended,
-// to tell the task's runtime (Tasks.CloseIO). The copies run until the
+// streams and starts copying. CloseStdin is called once s.Stdin has ended
+// and Created was called, to tell the task's runtime (Tasks.CloseIO). The copies run until the
 // shim closes its ends; Wait waits for them.
 func NewFIFOs(ctx context.Context, dir, id string, s Streams, closeStdin func()) (*Attached, error) {
 	d, err := os.MkdirTemp(dir, "flotctl-"+id+"-")
 	if err != nil {
 		return nil, fmt.Errorf("create fifo dir: %w", err)
 	}
-	a := &Attached{dir: d, stdinDone: make(chan struct{})}
+	a := &Attached{dir: d, stdinDone: make(chan struct{}), created: make(chan struct{})}
 	a.cfg.Terminal = s.Terminal
 	fail := func(err error) (*Attached, error) {
 		a.Close()
@@ -80,6 +84,9 @@ func NewFIFOs(ctx context.Context, dir, id string, s Streams, closeStdin func())
 			defer close(a.stdinDone)
 			io.Copy(w, s.Stdin)
 			w.Close()
+			// A short stdin can end while the task is still being
+			// created; its runtime holds stdin open until told.
+			<-a.created
 			if closeStdin != nil {
 				closeStdin()
 			}
@@ -116,6 +123,12 @@ func NewFIFOs(ctx context.Context, dir, id string, s Streams, closeStdin func())
 	return a, nil
 }
 
+// Created says the task (or exec process) using these FIFOs now exists,
+// so the end of stdin can be passed on to it.
+func (a *Attached) Created() {
+	a.createdOnce.Do(func() { close(a.created) })
+}
+
 // Config is what the task should be created with.
 func (a *Attached) Config() Config { return a.cfg }
 
@@ -137,6 +150,7 @@ func (a *Attached) Wait(ctx context.Context) error {
 
 // Close closes every FIFO and removes them.
 func (a *Attached) Close() error {
+	a.Created() // nothing waits for a task any more
 	var errs []error
 	for _, c := range a.closers {
 		if err := c.Close(); err != nil && !errors.Is(err, os.ErrClosed) {

@@ -12,6 +12,7 @@ import (
 	"io"
 	"time"
 
+	leasesapi "github.com/containerd/containerd/api/services/leases/v1"
 	streamingapi "github.com/containerd/containerd/api/services/streaming/v1"
 	transferapi "github.com/containerd/containerd/api/services/transfer/v1"
 	"github.com/containerd/containerd/api/types"
@@ -19,6 +20,8 @@ import (
 	"github.com/containerd/typeurl/v2"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"google.golang.org/protobuf/types/known/anypb"
+
+	"github.com/flotilla/flotilla/flotctl/client"
 )
 
 // Progress is one progress report of a transfer, as the server sends it:
@@ -38,6 +41,21 @@ type Progress struct {
 type Client struct {
 	Transfer  transferapi.TransferClient
 	Streaming streamingapi.StreamingClient
+	// Leases, when set, holds each transfer under a lease of its own, as
+	// the containerd client's Transfer does: the streams it names and what
+	// it writes are then safe from a collection that runs meanwhile (a
+	// server may collect an unleased stream before the Transfer call that
+	// names it arrives).
+	Leases leasesapi.LeasesClient
+}
+
+// leased returns ctx under a new lease when c.Leases is set, and its
+// release.
+func (c *Client) leased(ctx context.Context) (context.Context, func(), error) {
+	if c.Leases == nil {
+		return ctx, func() {}, nil
+	}
+	return client.WithLease(ctx, c.Leases)
 }
 
 // Registry is a source or destination in a registry.
@@ -91,6 +109,11 @@ func (s Store) marshal() (*anypb.Any, error) {
 
 // Pull fetches from into the image store, reporting to progress (may be nil).
 func (c *Client) Pull(ctx context.Context, from Registry, to Store, progress func(Progress)) error {
+	ctx, release, err := c.leased(ctx)
+	if err != nil {
+		return err
+	}
+	defer release()
 	src, err := from.marshal()
 	if err != nil {
 		return err
@@ -104,6 +127,11 @@ func (c *Client) Pull(ctx context.Context, from Registry, to Store, progress fun
 
 // Push sends an image from the store to a registry.
 func (c *Client) Push(ctx context.Context, from Store, to Registry, progress func(Progress)) error {
+	ctx, release, err := c.leased(ctx)
+	if err != nil {
+		return err
+	}
+	defer release()
 	src, err := from.marshal()
 	if err != nil {
 		return err
@@ -117,6 +145,11 @@ func (c *Client) Push(ctx context.Context, from Store, to Registry, progress fun
 
 // Tag names an image of the store anew, through the server.
 func (c *Client) Tag(ctx context.Context, from, to string) error {
+	ctx, release, err := c.leased(ctx)
+	if err != nil {
+		return err
+	}
+	defer release()
 	src, err := Store{Name: from}.marshal()
 	if err != nil {
 		return err
@@ -130,6 +163,11 @@ func (c *Client) Tag(ctx context.Context, from, to string) error {
 
 // Import reads an OCI or Docker archive from r into the image store.
 func (c *Client) Import(ctx context.Context, r io.Reader, to Store, progress func(Progress)) error {
+	ctx, release, err := c.leased(ctx)
+	if err != nil {
+		return err
+	}
+	defer release()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	id := newStreamID("import")
@@ -164,6 +202,11 @@ func (c *Client) Import(ctx context.Context, r io.Reader, to Store, progress fun
 // and its data and the Transfer answer travel on different streams, so the
 // end is found in the data itself: the tar's end-of-archive marker.
 func (c *Client) Export(ctx context.Context, from Store, w io.Writer, platforms []ocispec.Platform, progress func(Progress)) error {
+	ctx, release, err := c.leased(ctx)
+	if err != nil {
+		return err
+	}
+	defer release()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	id := newStreamID("export")

@@ -3,6 +3,7 @@ package about
 import (
 	"context"
 	"fmt"
+	"github.com/flotilla/flotilla/services/logging"
 	"log/slog"
 	"os"
 	"sync"
@@ -91,7 +92,7 @@ func (s *Introspection) backendPlugins(ctx context.Context, b *backend.Backend) 
 		}
 		err = fmt.Errorf("%s (%s): introspection: %w", b.Name(), b.Address(), errgrpc.ToNative(err))
 	}
-	s.log.Warn("introspection: backend's plugins left out", "backend", b.Name(), "address", b.Address(), "error", err)
+	logging.Or(ctx, s.log).Warn("introspection: backend's plugins left out", "backend", b.Name(), "address", b.Address(), "error", err)
 	initErr := status.Convert(errgrpc.ToGRPC(err)).Proto()
 	plugins := make([]*api.Plugin, 0, len(b.Services()))
 	for _, id := range b.Services() {
@@ -124,7 +125,7 @@ func (s *Introspection) PluginInfo(ctx context.Context, req *api.PluginInfoReque
 		case errdefs.IsNotFound(err):
 			continue
 		case errdefs.IsUnavailable(err) || errdefs.IsDeadlineExceeded(err):
-			s.log.Warn("introspection: plugin info: backend not asked", "backend", b.Name(), "address", b.Address(), "error", err)
+			logging.Or(ctx, s.log).Warn("introspection: plugin info: backend not asked", "backend", b.Name(), "address", b.Address(), "error", err)
 			if unreachable == nil {
 				unreachable = err
 			}

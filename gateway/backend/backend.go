@@ -15,7 +15,6 @@ import (
 	"google.golang.org/grpc/connectivity"
 
 	"github.com/flotilla/flotilla/services/dial"
-	"github.com/flotilla/flotilla/services/server"
 )
 
 // DefaultReadyWait is how long a call waits for a backend that is not
@@ -50,10 +49,16 @@ type Backend struct {
 	services []string
 	conn     *grpc.ClientConn
 	wait     time.Duration
+	dialer   *dial.Dialer
 }
 
 // Option changes how Dial sets up a backend.
 type Option func(*Backend)
+
+// WithDialer has the gateway connect to the backend with d, the gateway's
+// Dialer (dial.For(srv)): its identity, registry and tracing. Without it
+// the process's (package dial's functions).
+func WithDialer(d *dial.Dialer) Option { return func(b *Backend) { b.dialer = d } }
 
 // WithReadyWait sets how long Ready waits for a connection (DefaultReadyWait
 // otherwise).
@@ -67,25 +72,27 @@ func WithReadyWait(d time.Duration) Option { return func(b *Backend) { b.wait = 
 // metadata through verbatim rather than converting them the way service
 // clients built with dial.Dial do.
 func Dial(name, address string, services []string, opts ...Option) (*Backend, error) {
-	target, err := dial.Target(address)
-	if err != nil {
-		return nil, fmt.Errorf("backend %s: %w", name, err)
-	}
-	conn, err := grpc.NewClient(target, dial.Options()...)
-	if err != nil {
-		return nil, fmt.Errorf("backend %s: dial %s: %w", name, address, err)
-	}
 	b := &Backend{
 		name:     name,
 		address:  address,
-		target:   target,
 		services: services,
-		conn:     conn,
 		wait:     DefaultReadyWait,
 	}
 	for _, opt := range opts {
 		opt(b)
 	}
+	if b.dialer == nil {
+		b.dialer = dial.Process()
+	}
+	target, err := b.dialer.Target(address)
+	if err != nil {
+		return nil, fmt.Errorf("backend %s: %w", name, err)
+	}
+	conn, err := grpc.NewClient(target, b.dialer.Options()...)
+	if err != nil {
+		return nil, fmt.Errorf("backend %s: dial %s: %w", name, address, err)
+	}
+	b.target, b.conn = target, conn
 	return b, nil
 }
 
@@ -104,13 +111,10 @@ func (b *Backend) Target() string { return b.target }
 
 // DialContext opens a new connection to the backend, for the gateway's
 // relay.
+// A discover:// address is looked up in the registry; TCP goes over
+// mutual TLS.
 func (b *Backend) DialContext(ctx context.Context) (net.Conn, error) {
-	network, address, err := server.SplitAddress(b.address)
-	if err != nil {
-		return nil, err
-	}
-	var d net.Dialer
-	return d.DialContext(ctx, network, address)
+	return b.dialer.Conn(ctx, b.address)
 }
 
 // Conn is the connection to the backend, for calls made after Ready.
@@ -162,11 +166,9 @@ func (b *Backend) Connected() bool { return b.conn.GetState() == connectivity.Re
 // dial when there is one (no such socket, connection refused), the gRPC
 // connection's state otherwise.
 func (b *Backend) reason(state connectivity.State) string {
-	network, address, err := server.SplitAddress(b.address)
-	if err != nil {
-		return err.Error()
-	}
-	c, err := net.DialTimeout(network, address, 200*time.Millisecond)
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	c, err := b.dialer.Conn(ctx, b.address)
 	if err != nil {
 		return err.Error()
 	}

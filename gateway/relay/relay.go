@@ -84,13 +84,26 @@ type Observer interface {
 	Begin(fullMethod string) func(codes.Code)
 }
 
+// A CallTracer traces the calls the relay passes on. Start is given a
+// call's method and the request headers about to go upstream; it returns
+// the headers to send in their place (such as with the trace context of a
+// span of its own) and a function the relay calls once, with the call's
+// gRPC code, when the call ends. Start runs under the session's lock and
+// must be quick.
+type CallTracer interface {
+	Start(fullMethod string, headers []hpack.HeaderField) ([]hpack.HeaderField, func(codes.Code))
+}
+
 // Server relays the calls of the connections it serves.
 type Server struct {
 	route     Router
 	observe   Observer
+	tracer    CallTracer
 	readyWait time.Duration
+	stall     time.Duration
 	log       *slog.Logger
 	longLived func(fullMethod string) bool
+	authorize Authorizer
 
 	mu        sync.Mutex
 	listeners map[net.Listener]struct{}
@@ -105,10 +118,21 @@ type Option func(*Server)
 // WithObserver has the server report every call to o.
 func WithObserver(o Observer) Option { return func(s *Server) { s.observe = o } }
 
+// WithCallTracer has the server trace every call it relays with t.
+func WithCallTracer(t CallTracer) Option { return func(s *Server) { s.tracer = t } }
+
 // WithReadyWait sets how long a call waits for an upstream that cannot be
 // reached before it fails with Unavailable (1.5 s by default: within the two
 // seconds a client may wait for an answer naming the service).
 func WithReadyWait(d time.Duration) Option { return func(s *Server) { s.readyWait = d } }
+
+// WithStallTimeout has the relay give up on an upstream connection that
+// sends nothing for d while calls are in flight on it: once half of d has
+// passed in silence it is sent a PING (which a live peer answers however
+// busy its handlers are), and when d has passed its calls fail with
+// Unavailable, saying so. Without it (d = 0), a link that goes down without
+// a reset holds the calls on it until TCP gives up, many minutes later.
+func WithStallTimeout(d time.Duration) Option { return func(s *Server) { s.stall = d } }
 
 // WithLongLived names the methods whose calls last as long as their
 // clients stay (event subscriptions, waits): Shutdown ends them at once,
@@ -116,6 +140,13 @@ func WithReadyWait(d time.Duration) Option { return func(s *Server) { s.readyWai
 func WithLongLived(f func(fullMethod string) bool) Option {
 	return func(s *Server) { s.longLived = f }
 }
+
+// An Authorizer decides whether the client on conn may call fullMethod;
+// an error answers the call instead (errdefs kinds are converted).
+type Authorizer func(conn net.Conn, fullMethod string) error
+
+// WithAuthorizer has every call checked by a before it is routed.
+func WithAuthorizer(a Authorizer) Option { return func(s *Server) { s.authorize = a } }
 
 // WithLogger sets where the server logs broken connections.
 func WithLogger(l *slog.Logger) Option { return func(s *Server) { s.log = l } }
@@ -643,7 +674,14 @@ func (ss *session) open(f *http2.MetaHeadersFrame) {
 		ss.fail(st, codes.Unavailable, "the gateway is shutting down")
 		return
 	}
-	u, err := ss.srv.route(method)
+	var err error
+	if ss.srv.authorize != nil {
+		err = ss.srv.authorize(ss.client.nc, method)
+	}
+	var u *Upstream
+	if err == nil {
+		u, err = ss.srv.route(method)
+	}
 	if err != nil {
 		code, msg := statusOf(err)
 		ss.fail(st, code, msg)
@@ -653,7 +691,11 @@ func (ss *session) open(f *http2.MetaHeadersFrame) {
 	st.up = p
 	st.toUp = half{id: st.id, dst: p, window: p.initWin, recvWin: streamWindow}
 	p.streams[st.id] = st
-	ss.sendHeaders(st, &st.toUp, withHeader(forwardable(f.Fields), u.Header), f.StreamEnded())
+	fields := withHeader(forwardable(f.Fields), u.Header)
+	if ss.srv.tracer != nil {
+		fields, st.traced = ss.srv.tracer.Start(method, fields)
+	}
+	ss.sendHeaders(st, &st.toUp, fields, f.StreamEnded())
 }
 
 // upstream returns the connection new calls to u go on, starting one
@@ -711,9 +753,58 @@ func (ss *session) connect(p *peer) {
 		return
 	}
 	p.nc = nc
+	p.heard = time.Now()
 	ss.mu.Unlock()
 	p.flush()
+	ss.watch(p)
 	ss.readUpstream(p)
+}
+
+// watch checks upstream connection p four times a stall timeout, from a
+// goroutine of its own, until the connection ends (see WithStallTimeout).
+func (ss *session) watch(p *peer) {
+	d := ss.srv.stall
+	if d <= 0 {
+		return
+	}
+	go func() {
+		defer ss.recoverPanic(p.name)
+		tick := time.NewTicker(d / 4)
+		defer tick.Stop()
+		for range tick.C {
+			var ping, gone, stop bool
+			ss.locked(func() error {
+				silent := time.Since(p.heard)
+				switch {
+				case ss.closed || p.dead:
+					stop = true
+				case len(p.streams) == 0:
+					// An idle connection is not checked: no call waits on it.
+					p.heard = time.Now()
+				case silent >= d:
+					ss.lost(p, fmt.Sprintf("%s is unavailable: no answer for %v (the link to it or its host is down)", p.name, d))
+					gone = true
+				case silent >= d/2 && !p.pinged.After(p.heard):
+					// One PING for each silence: its answer ends it.
+					p.pinged = time.Now()
+					p.fr.WritePing(false, [8]byte{'f', 'l', 'o', 't', 'i', 'l', 'l', 'a'})
+					ping = true
+				}
+				return nil
+			})
+			switch {
+			case gone:
+				ss.flushAll()
+				return
+			case stop:
+				return
+			case ping:
+				// Not on this goroutine: a write to a dead link may block
+				// until lost closes the connection, which the next check does.
+				go p.flush()
+			}
+		}
+	}()
 }
 
 // dialFailure says why an upstream could not be reached, in words an
@@ -761,6 +852,7 @@ func (ss *session) readUpstream(p *peer) {
 		}
 		var done, full bool
 		ss.locked(func() error {
+			p.heard = time.Now()
 			if err := ss.fromUpstream(p, f); err != nil {
 				var ce connError
 				if errors.As(err, &ce) {

@@ -48,15 +48,15 @@ type backend struct {
 	srv  *grpc.Server
 }
 
-func startBackend(t testing.TB, dir string, handler grpc.StreamHandler) *backend {
+func startBackend(t testing.TB, dir string, handler grpc.StreamHandler, opts ...grpc.ServerOption) *backend {
 	t.Helper()
 	b := &backend{addr: filepath.Join(dir, "backend.sock")}
 	l, err := net.Listen("unix", b.addr)
 	if err != nil {
 		t.Fatal(err)
 	}
-	b.srv = grpc.NewServer(grpc.UnknownServiceHandler(handler), grpc.ForceServerCodecV2(rawCodec{}),
-		grpc.InitialWindowSize(4<<20), grpc.InitialConnWindowSize(16<<20), grpc.MaxRecvMsgSize(64<<20))
+	b.srv = grpc.NewServer(append([]grpc.ServerOption{grpc.UnknownServiceHandler(handler), grpc.ForceServerCodecV2(rawCodec{}),
+		grpc.InitialWindowSize(4 << 20), grpc.InitialConnWindowSize(16 << 20), grpc.MaxRecvMsgSize(64 << 20)}, opts...)...)
 	go b.srv.Serve(l)
 	t.Cleanup(b.srv.Stop)
 	return b

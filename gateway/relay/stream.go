@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"time"
 
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
@@ -31,6 +32,7 @@ type stream struct {
 	// counts the DATA received against it.
 	contentLength, bodyLen int64
 	observed               func(codes.Code)
+	traced                 func(codes.Code) // ends the CallTracer's span
 }
 
 // end reports the call's outcome, once.
@@ -41,6 +43,9 @@ func (st *stream) end(code codes.Code) {
 	st.done = true
 	if st.observed != nil {
 		st.observed(code)
+	}
+	if st.traced != nil {
+		st.traced(code)
 	}
 }
 
@@ -265,6 +270,8 @@ type peer struct {
 	maxFrame uint32 // the largest frame the peer takes
 	unacked  int64  // bytes the peer sent that were passed on, not yet granted back
 	dead     bool
+	heard    time.Time // upstream only: when it last sent a frame (WithStallTimeout)
+	pinged   time.Time // upstream only: when the relay last sent it a PING
 
 	streams map[uint32]*stream // upstream only: the streams on this connection
 

@@ -8,8 +8,11 @@ package router
 import (
 	"fmt"
 	"maps"
+	"net"
+	"slices"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/containerd/errdefs"
 	"github.com/containerd/errdefs/pkg/errgrpc"
@@ -17,6 +20,8 @@ import (
 
 	"golang.org/x/net/http2/hpack"
 
+	snapshotterv1 "github.com/flotilla/flotilla/proto/snapshotter/v1"
+	"github.com/flotilla/flotilla/services/mtls"
 	"github.com/flotilla/flotilla/services/node"
 	"github.com/flotilla/flotilla/services/server"
 
@@ -38,6 +43,7 @@ type Router struct {
 	upstreams  map[*backend.Backend]*relay.Upstream
 	shapes     map[string]shape
 	node       string
+	stall      time.Duration
 }
 
 // New returns a router with no routes.
@@ -55,6 +61,11 @@ func New() *Router {
 // node (contentd unpacking on its snapshotd) know which one. Call it before
 // Route.
 func (r *Router) SetNode(name string) { r.node = name }
+
+// SetStallTimeout has the front door fail the calls on a backend
+// connection that sends nothing for d, answering no PING (relay.WithStallTimeout);
+// 0 waits as long as TCP does. Call it before FrontDoor.
+func (r *Router) SetStallTimeout(d time.Duration) { r.stall = d }
 
 // Route sends the calls of every service b owns to b. Routes are set up
 // before the server serves; Route must not be called once calls arrive.
@@ -101,11 +112,41 @@ func (r *Router) FrontDoor(srv *server.Server) server.FrontDoor {
 		}
 		return r.upstreams[b], nil
 	}
-	return relay.New(route,
+	authorize := func(conn net.Conn, method string) error {
+		if !slices.Contains(AdminMethods, method) {
+			return nil
+		}
+		caller, err := mtls.CallerOfConn(conn)
+		if err == nil {
+			err = srv.Admin().Allow(caller)
+		}
+		if err != nil {
+			srv.Logger().Info("call failed", "method", method, "code", status.Code(errgrpc.ToGRPC(err)).String(), "error", err)
+			return fmt.Errorf("%s: %w", method, err)
+		}
+		return nil
+	}
+	opts := []relay.Option{
+		relay.WithAuthorizer(authorize),
 		relay.WithObserver(newCallMetrics(srv.CallMetrics(), r.shapes, isLocal)),
 		relay.WithReadyWait(backend.DefaultReadyWait),
 		relay.WithLongLived(server.IsLongLived),
-		relay.WithLogger(srv.Logger()))
+		relay.WithLogger(srv.Logger()),
+		relay.WithStallTimeout(r.stall),
+	}
+	if tp := srv.Tracing(); tp.Enabled() {
+		opts = append(opts, relay.WithCallTracer(callTracer{tracer: tp.Tracer()}))
+	}
+	return relay.New(route, opts...)
+}
+
+// AdminMethods are the methods that run programs as root or read the host:
+// only an admin caller (mtls.AdminPolicy) may call them through the
+// gateway, as snapshotd allows them to admins only.
+var AdminMethods = []string{
+	snapshotterv1.Snapshotters_Add_FullMethodName,
+	snapshotterv1.Snapshotters_Replace_FullMethodName,
+	snapshotterv1.Snapshotters_Remove_FullMethodName,
 }
 
 // serviceOf is the service of a full method name:

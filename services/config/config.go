@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/BurntSushi/toml"
+
+	"github.com/flotilla/flotilla/services/mtls"
 )
 
 // Common holds the settings every Flotilla daemon takes.
@@ -32,9 +34,32 @@ type Common struct {
 	LogLevel string `toml:"log_level"`
 	// ShutdownTimeout bounds how long in-flight calls may run after SIGTERM.
 	ShutdownTimeout Duration `toml:"shutdown_timeout"`
+	// OTLPEndpoint is the OpenTelemetry collector traces are exported to
+	// over OTLP/gRPC ("http://host:4317"); empty turns tracing off.
+	OTLPEndpoint string `toml:"otlp_endpoint"`
+	// TLS names the CA, certificate and key of the daemon's mutual TLS:
+	// required to serve or dial TCP; unix sockets need none.
+	mtls.Files
+	// Node names the node the daemon runs on (default the host name): it
+	// registers under it, and a gateway sends it with every call it relays.
+	Node string `toml:"node"`
+	// Discovery is the Redis (redis://host:port/db, rediss:// for TLS) of
+	// the service registry; empty runs with static addresses only.
+	Discovery string `toml:"discovery"`
+	// DiscoveryInterval is how often the daemon renews its registration
+	// and reads the registry again; a registration lives three intervals.
+	DiscoveryInterval Duration `toml:"discovery_interval"`
+	// AdvertiseAddress is the address other hosts reach the daemon at, as
+	// registered; default the listen address (a TCP host:port with a
+	// specific host, or the unix socket).
+	AdvertiseAddress string `toml:"advertise_address"`
 	// ConfigFile is the TOML file the settings were read from, if any.
 	ConfigFile string `toml:"-"`
 }
+
+// DefaultDiscoveryInterval is how often registrations are renewed and the
+// registry read when no interval is configured.
+const DefaultDiscoveryInterval = 5 * time.Second
 
 // DefaultRoot is the parent of every daemon's root: $FLOTILLA_ROOT or /var/lib/flotilla.
 func DefaultRoot() string {
@@ -66,9 +91,21 @@ func (c *Common) Register(fs *flag.FlagSet, name, summary string) {
 		"host:port to serve Prometheus metrics on at /metrics; empty disables")
 	fs.BoolVar(&c.Pprof, "pprof", false,
 		"serve Go's profiles at /debug/pprof/ on the metrics address, to loopback clients only")
+	fs.StringVar(&c.CA, "tls-ca", "", "PEM file of the cluster CA; with --tls-cert and --tls-key, TCP is served and dialled over mutual TLS (never in plaintext)")
+	fs.StringVar(&c.Cert, "tls-cert", "", "PEM file of this daemon's certificate, signed by --tls-ca (flotctl certs issue --role service)")
+	fs.StringVar(&c.Key, "tls-key", "", "PEM file of the private key of --tls-cert")
+	host, _ := os.Hostname()
+	fs.StringVar(&c.Node, "node", host, "name of the node this daemon runs on, as it registers and as a gateway names it in every call it relays (flotilla-node metadata)")
+	fs.StringVar(&c.Discovery, "discovery", os.Getenv("FLOTILLA_DISCOVERY"),
+		"Redis URL of the service registry (redis://host:port/db, rediss:// over mutual TLS): register this daemon and resolve discover://<service> addresses; empty: static addresses only (default $FLOTILLA_DISCOVERY)")
+	c.DiscoveryInterval = Duration(DefaultDiscoveryInterval)
+	fs.Var(&c.DiscoveryInterval, "discovery-interval", "how often the registration is renewed and the registry read again (a registration lives three intervals)")
+	fs.StringVar(&c.AdvertiseAddress, "advertise-address", "", "address other hosts reach this daemon at, as registered (default the listen address)")
 	fs.StringVar(&c.ConfigFile, "config", "",
 		"TOML file with settings; flags given on the command line override it")
 	fs.StringVar(&c.LogLevel, "log-level", "info", "log level: debug, info, warn or error")
+	fs.StringVar(&c.OTLPEndpoint, "otlp-endpoint", os.Getenv("OTEL_EXPORTER_OTLP_ENDPOINT"),
+		"OpenTelemetry collector to export traces to over OTLP/gRPC (http://host:4317); empty turns tracing off (default $OTEL_EXPORTER_OTLP_ENDPOINT)")
 	c.ShutdownTimeout = Duration(10 * time.Second)
 	fs.Var(&c.ShutdownTimeout, "shutdown-timeout", "how long in-flight calls may finish after SIGTERM before they are cut")
 	fs.Usage = func() {

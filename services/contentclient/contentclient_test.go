@@ -216,6 +216,42 @@ func testRoundTrip(t *testing.T, c *Client, ctx context.Context) {
 			t.Fatalf("ReadAt past the end = %d, %v", n, err)
 		}
 	})
+	t.Run("Reader streams the blob in order across messages, in small reads too", func(t *testing.T) {
+		r, err := c.Reader(ctx, dg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got []byte
+		p := make([]byte, 777) // not a divisor of any message size
+		for {
+			n, err := r.Read(p)
+			got = append(got, p[:n]...)
+			if err == io.EOF {
+				break
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := r.Close(); err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(got, data) {
+			t.Fatalf("Reader returned %d bytes that differ from the %d written", len(got), len(data))
+		}
+		// Closed halfway, it gives its message back and reads no more.
+		r, err = c.Reader(ctx, dg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.ReadFull(r, p); err != nil {
+			t.Fatal(err)
+		}
+		if err := r.Close(); err != nil {
+			t.Fatal(err)
+		}
+	})
+
 	t.Run("a commit with the wrong digest is FailedPrecondition", func(t *testing.T) {
 		w, err := c.Writer(ctx, "cctest-wrong")
 		if err != nil {

@@ -12,6 +12,7 @@ import (
 	"github.com/containerd/errdefs"
 	"github.com/containerd/typeurl/v2"
 	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -48,6 +49,7 @@ const (
 // An event is delivered at least once: if eventd accepted an event but its
 // answer was lost, the retry delivers it a second time.
 type Remote struct {
+	dialer  *dial.Dialer
 	client  eventsapi.EventsClient
 	conn    *grpc.ClientConn
 	log     *slog.Logger
@@ -61,13 +63,20 @@ type Remote struct {
 	queued  prometheus.Gauge
 
 	mu      sync.Mutex
-	queue   []*types.Envelope // queue[0] is the next to send
+	queue   []pending // queue[0] is the next to send
 	closed  bool
 	episode int // events dropped for a full queue since it last had room
 
 	wake chan struct{} // signalled when the queue gains an event
 	stop context.CancelFunc
 	done chan struct{}
+}
+
+// pending is a queued event with the trace it was published in, which its
+// Forward call carries on to eventd.
+type pending struct {
+	env  *types.Envelope
+	span trace.SpanContext
 }
 
 // RemoteOption configures NewRemote.
@@ -105,6 +114,12 @@ func WithRetryBackoff(first, longest time.Duration) RemoteOption {
 	}
 }
 
+// WithDialer has the publisher connect with d, its component's Dialer
+// (dial.For(srv)); the process's otherwise (dial.Process).
+func WithDialer(d *dial.Dialer) RemoteOption {
+	return func(r *Remote) { r.dialer = d }
+}
+
 // WithCallTimeout bounds one attempt to send one event (default 5s).
 func WithCallTimeout(d time.Duration) RemoteOption {
 	return func(r *Remote) {
@@ -118,13 +133,7 @@ func WithCallTimeout(d time.Duration) RemoteOption {
 // address dial.Dial takes). It connects lazily: eventd need not be up yet.
 // Call Close to flush the queue and stop.
 func NewRemote(addr string, opts ...RemoteOption) (*Remote, error) {
-	conn, err := dial.Dial(addr)
-	if err != nil {
-		return nil, fmt.Errorf("events publisher: %w", err)
-	}
 	r := &Remote{
-		client:  eventsapi.NewEventsClient(conn),
-		conn:    conn,
 		log:     slog.Default(),
 		size:    10000,
 		timeout: 5 * time.Second,
@@ -148,6 +157,14 @@ func NewRemote(addr string, opts ...RemoteOption) (*Remote, error) {
 	for _, opt := range opts {
 		opt(r)
 	}
+	if r.dialer == nil {
+		r.dialer = dial.Process()
+	}
+	conn, err := r.dialer.Dial(addr)
+	if err != nil {
+		return nil, fmt.Errorf("events publisher: %w", err)
+	}
+	r.client, r.conn = eventsapi.NewEventsClient(conn), conn
 	r.log = r.log.With("eventd", addr)
 	ctx, stop := context.WithCancel(context.Background())
 	r.stop = stop
@@ -190,9 +207,12 @@ func (r *Remote) Publish(ctx context.Context, topic string, event any) error {
 	if err != nil {
 		return fmt.Errorf("publish %s: marshal %T: %v: %w", topic, event, err, errdefs.ErrInvalidArgument)
 	}
-	env := &types.Envelope{Timestamp: timestamppb.Now(), Namespace: ns, Topic: topic, Event: a}
+	env := &types.Envelope{Namespace: ns, Topic: topic, Event: a}
 
 	r.mu.Lock()
+	// Stamped under the lock, so the queue's order is its timestamps' order:
+	// eventd keeps events in timestamp order when it has to hold them.
+	env.Timestamp = timestamppb.Now()
 	if r.closed {
 		r.mu.Unlock()
 		return fmt.Errorf("publish %s: publisher is closed: %w", topic, errdefs.ErrFailedPrecondition)
@@ -212,7 +232,7 @@ func (r *Remote) Publish(ctx context.Context, topic string, event any) error {
 		r.log.Warn("event queue has room again", "dropped", r.episode)
 		r.episode = 0
 	}
-	r.queue = append(r.queue, env)
+	r.queue = append(r.queue, pending{env: env, span: trace.SpanContextFromContext(ctx)})
 	r.queued.Set(float64(len(r.queue)))
 	r.mu.Unlock()
 
@@ -251,8 +271,8 @@ func (r *Remote) Close(ctx context.Context) error {
 		r.queue = nil
 		r.queued.Set(0)
 		r.mu.Unlock()
-		for _, env := range left {
-			r.dropped.WithLabelValues(env.Topic, DropClosed).Inc()
+		for _, p := range left {
+			r.dropped.WithLabelValues(p.env.Topic, DropClosed).Inc()
 		}
 		if len(left) > 0 {
 			r.log.Error("closing with events eventd did not take; dropped them", "dropped", len(left))
@@ -273,7 +293,8 @@ func (r *Remote) run(ctx context.Context) {
 	wait := r.minWait
 	unreachableSince := time.Time{}
 	for {
-		env, closed := r.head()
+		p, closed := r.head()
+		env := p.env
 		if env == nil {
 			if closed {
 				return
@@ -286,7 +307,7 @@ func (r *Remote) run(ctx context.Context) {
 			}
 		}
 
-		err := r.send(ctx, env)
+		err := r.send(trace.ContextWithRemoteSpanContext(ctx, p.span), env)
 		switch {
 		case err == nil:
 			r.pop(env, "")
@@ -324,11 +345,11 @@ func (r *Remote) send(ctx context.Context, env *types.Envelope) error {
 	return err
 }
 
-func (r *Remote) head() (*types.Envelope, bool) {
+func (r *Remote) head() (pending, bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if len(r.queue) == 0 {
-		return nil, r.closed
+		return pending{}, r.closed
 	}
 	return r.queue[0], r.closed
 }
@@ -336,7 +357,7 @@ func (r *Remote) head() (*types.Envelope, bool) {
 // pop removes env, the head, from the queue; a non-empty reason counts it as dropped.
 func (r *Remote) pop(env *types.Envelope, reason string) {
 	r.mu.Lock()
-	r.queue[0] = nil
+	r.queue[0] = pending{}
 	r.queue = r.queue[1:]
 	if len(r.queue) == 0 {
 		r.queue = nil // let the backing array go after a burst

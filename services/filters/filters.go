@@ -21,10 +21,13 @@
 // A value is a double-quoted string with Go escapes, or an unquoted run of
 // characters other than the comma, whitespace and double or single quotes
 // (so unquoted values may hold letters, digits and . _ - / : + @ = and the
-// like). For ~= only, a value that starts with '/' is a regular expression
-// delimited by slashes, /^v[0-9]+$/, in which \/ stands for a slash and every
-// other backslash is kept for the regexp; write "/foo" or \/foo to match a
-// leading slash instead.
+// like). For ~= only, as in containerd, a value that starts with '/' or '|'
+// is a regular expression between two of them, /^v[0-9]+$/ or |^/tasks/|,
+// unquoted as containerd does: \/ (in /.../) or \| (in |...|) stands for the
+// quote, and a Go string escape (\\, \n, \t, \x41, \u00e9…) for what it means
+// there; any other backslash (\d, \.), which containerd refuses, is kept for
+// the regexp. Write "/foo" or \/foo to match a leading slash instead. A
+// |quoted| value after == or != is an error, as in containerd.
 // Regular expressions use Go's syntax and are compiled by Parse.
 //
 // Whitespace around tokens is ignored. An empty filter string, or one of only

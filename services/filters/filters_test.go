@@ -91,6 +91,12 @@ func TestMatch(t *testing.T) {
 		{"regexp on quoted label key", `labels."com.example.tier"~=^(web|cache)$`, redis, true},
 		{"regexp reads absent field as empty string", "name~=^$", nameless, true},
 		{"regexp with escaped leading slash is unquoted", `path~=\/var`, nginx, true},
+		{"regexp in pipes", `path~=|^/var/|`, nginx, true},
+		{"regexp in pipes rejects non-matching value", `path~=|^/lib|`, nginx, false},
+		{"regexp in pipes: escaped pipe is alternation", `path~=|^/usr\|^/var|`, nginx, true},
+		{"regexp in pipes keeps other backslashes", `name~=|^docker\.io/library/nginx:\d|`, nginx, true},
+		{"regexp in pipes: escaped backslash is one backslash", `name~=|^docker\\.io/|`, nginx, true},
+		{"regexp in pipes: Go escapes are decoded", `name~=|^\x64ocker|`, nginx, true},
 		{"equality value with leading slash is literal", "path==/var/lib", nginx, true},
 
 		// Presence.
@@ -227,7 +233,11 @@ func TestParseErrors(t *testing.T) {
 		{"bad regexp in slashes", "name~= /(/",
 			`filters: parse "name~= /(/": invalid regexp "(": error parsing regexp: missing closing ): ` + "`(`" + ` at position 7: invalid argument`},
 		{"unterminated slash regexp", "name~=/abc",
-			`filters: parse "name~=/abc": unterminated /regexp/ at position 6: invalid argument`},
+			`filters: parse "name~=/abc": unterminated /-delimited regexp at position 6: invalid argument`},
+		{"unterminated pipe regexp", "topic~=|^/tasks/",
+			`filters: parse "topic~=|^/tasks/": unterminated |-delimited regexp at position 7: invalid argument`},
+		{"pipes quote only regexps", "topic==|/tasks/exit|",
+			`filters: parse "topic==|/tasks/exit|": |quoted| values are only for ~=; use double quotes at position 7: invalid argument`},
 		{"text after slash regexp", "name~=/a/b",
 			`filters: parse "name~=/a/b": expected ',' or end of filter, found 'b' at position 9: invalid argument`},
 		{"trailing comma", "name==x,",
@@ -272,7 +282,7 @@ func TestParseErrors(t *testing.T) {
 
 func FuzzParse(f *testing.F) {
 	for _, s := range []string{
-		"", "name", "name==x", `labels."a.b"!="c,d"`, "name~=/^a\\/b$/", "a,b,c",
+		"", "name", "name==x", `labels."a.b"!="c,d"`, "name~=/^a\\/b$/", "topic~=|^/tasks/\\|x|", "a,b,c",
 		" a . b ~= \"x\" , c ", "name==", "labels.\"", "name~=[", ",", "a==b=c",
 	} {
 		f.Add(s)

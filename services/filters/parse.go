@@ -124,20 +124,25 @@ func (p *parser) component(first bool) (string, error) {
 	return "", p.expected("field name after '.'")
 }
 
-// value parses a quoted, slash-delimited (only if slashRegexp) or unquoted
-// value.
-func (p *parser) value(slashRegexp bool) (string, error) {
+// value parses a quoted, slash- or pipe-delimited (only if regexp) or
+// unquoted value.
+func (p *parser) value(regexp bool) (string, error) {
 	if p.eof() || p.peek() == ',' {
 		return "", p.expected("value")
 	}
-	switch p.peek() {
+	switch c := p.peek(); c {
 	case '"':
 		return p.quoted()
 	case '\'':
 		return "", p.errorf(p.pos, "single quotes are not supported, use double quotes")
-	case '/':
-		if slashRegexp {
-			return p.slashDelimited()
+	case '/', '|':
+		if regexp {
+			return p.delimited(c)
+		}
+		if c == '|' {
+			// containerd's scanner reads |...| as a quoted string, which
+			// only ~= takes.
+			return "", p.errorf(p.pos, "|quoted| values are only for ~=; use double quotes")
 		}
 	}
 	start := p.pos
@@ -173,24 +178,46 @@ func (p *parser) quoted() (string, error) {
 	return "", p.errorf(start, "unterminated quoted string")
 }
 
-// slashDelimited parses /regexp/, in which \/ stands for '/' and other
-// backslashes are kept; p.peek() is '/'.
-func (p *parser) slashDelimited() (string, error) {
+// delimited parses a regexp between two quote bytes (/re/ or |re|) as
+// containerd unquotes it: the escapes of a Go string (\a \b \f \n \r \t \v
+// \\, octal \ooo, \xhh, \uhhhh, \Uhhhhhhhh) and \ before the quote byte
+// stand for what they mean there. containerd refuses any other backslash;
+// here it is kept, with the byte after it, for the regexp (\d, \.).
+// p.peek() is the quote byte.
+func (p *parser) delimited(quote byte) (string, error) {
 	start := p.pos
 	var b strings.Builder
-	for p.pos++; !p.eof(); p.pos++ {
-		switch c := p.peek(); {
-		case c == '/':
+	for p.pos++; !p.eof(); {
+		c := p.peek()
+		switch {
+		case c == quote:
 			p.pos++
 			return b.String(), nil
-		case c == '\\' && p.pos+1 < len(p.src) && p.src[p.pos+1] == '/':
-			b.WriteByte('/')
-			p.pos++
+		case c == '\n':
+			return "", p.errorf(start, "newline in %c-delimited regexp", quote)
+		case c == '\\' && p.pos+1 < len(p.src):
+			if p.src[p.pos+1] == quote {
+				b.WriteByte(quote)
+				p.pos += 2
+				continue
+			}
+			if r, multibyte, tail, err := strconv.UnquoteChar(p.src[p.pos:], '"'); err == nil && p.src[p.pos+1] != '"' {
+				if multibyte {
+					b.WriteRune(r)
+				} else {
+					b.WriteByte(byte(r))
+				}
+				p.pos = len(p.src) - len(tail)
+				continue
+			}
+			b.WriteString(p.src[p.pos : p.pos+2])
+			p.pos += 2
 		default:
 			b.WriteByte(c)
+			p.pos++
 		}
 	}
-	return "", p.errorf(start, "unterminated /regexp/")
+	return "", p.errorf(start, "unterminated %c-delimited regexp", quote)
 }
 
 func (p *parser) skipSpace() {

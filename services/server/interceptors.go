@@ -6,11 +6,13 @@ import (
 	"time"
 
 	"github.com/containerd/errdefs/pkg/errgrpc"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
+	"github.com/flotilla/flotilla/services/logging"
 	"github.com/flotilla/flotilla/services/namespace"
 )
 
@@ -40,6 +42,32 @@ func namespaceStream(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, ha
 		return err
 	}
 	return handler(srv, &contextStream{ServerStream: ss, ctx: ctx})
+}
+
+// callLoggerUnary puts in each call's context a logger (logging.FromContext)
+// carrying the call's method, namespace and trace id, so what a handler
+// logs can be told apart and joined to its trace.
+func callLoggerUnary(log *slog.Logger) grpc.UnaryServerInterceptor {
+	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+		return handler(withCallLogger(ctx, log, info.FullMethod), req)
+	}
+}
+
+func callLoggerStream(log *slog.Logger) grpc.StreamServerInterceptor {
+	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+		return handler(srv, &contextStream{ServerStream: ss, ctx: withCallLogger(ss.Context(), log, info.FullMethod)})
+	}
+}
+
+func withCallLogger(ctx context.Context, log *slog.Logger, method string) context.Context {
+	attrs := []any{"method", method}
+	if ns, ok := namespace.FromContext(ctx); ok {
+		attrs = append(attrs, "namespace", ns)
+	}
+	if sc := trace.SpanContextFromContext(ctx); sc.IsValid() {
+		attrs = append(attrs, "trace_id", sc.TraceID().String())
+	}
+	return logging.WithLogger(ctx, log.With(attrs...))
 }
 
 type contextStream struct {
@@ -79,6 +107,9 @@ func logCall(ctx context.Context, log *slog.Logger, method string, start time.Ti
 	attrs := []any{"method", method, "code", code.String(), "duration", time.Since(start)}
 	if ns, ok := callNamespace(ctx); ok {
 		attrs = append(attrs, "namespace", ns)
+	}
+	if sc := trace.SpanContextFromContext(ctx); sc.IsValid() {
+		attrs = append(attrs, "trace_id", sc.TraceID().String())
 	}
 	if err != nil {
 		attrs = append(attrs, "error", err)

@@ -43,24 +43,44 @@ func Listen(addr string) (net.Listener, error) {
 	if network == "tcp" {
 		return net.Listen("tcp", address)
 	}
-	if err := os.MkdirAll(filepath.Dir(address), 0o711); err != nil {
+	l, err := listenUnix("unix", address)
+	if err != nil {
+		return nil, err // not a nil *UnixListener in a non-nil interface
+	}
+	return l, nil
+}
+
+// ListenSeqpacket listens on the unix SOCK_SEQPACKET socket path, as Listen
+// does on a stream socket (mode 0660, a stale socket file replaced): for the
+// project's protocols whose messages carry descriptors (contentd's blob
+// handoff), one message a packet.
+func ListenSeqpacket(path string) (*net.UnixListener, error) {
+	return listenUnix("unixpacket", path)
+}
+
+// listenUnix listens on the unix socket path of network ("unix" or
+// "unixpacket"): its directory made, a stale socket file replaced, mode 0660.
+func listenUnix(network, path string) (*net.UnixListener, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o711); err != nil {
 		return nil, fmt.Errorf("socket directory: %w", err)
 	}
-	if err := removeStaleSocket(address); err != nil {
+	if err := removeStaleSocket(network, path); err != nil {
 		return nil, err
 	}
-	l, err := net.Listen("unix", address)
+	l, err := net.ListenUnix(network, &net.UnixAddr{Name: path, Net: network})
 	if err != nil {
 		return nil, err
 	}
-	if err := os.Chmod(address, 0o660); err != nil {
+	if err := os.Chmod(path, 0o660); err != nil {
 		l.Close()
 		return nil, fmt.Errorf("socket mode: %w", err)
 	}
 	return l, nil
 }
 
-func removeStaleSocket(path string) error {
+// removeStaleSocket removes the socket file path unless something serves
+// network (unix or unixpacket) on it.
+func removeStaleSocket(network, path string) error {
 	fi, err := os.Lstat(path)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil
@@ -71,7 +91,7 @@ func removeStaleSocket(path string) error {
 	if fi.Mode().Type() != fs.ModeSocket {
 		return fmt.Errorf("%s exists and is not a socket; refusing to replace it", path)
 	}
-	if c, err := net.DialTimeout("unix", path, 500*time.Millisecond); err == nil {
+	if c, err := net.DialTimeout(network, path, 500*time.Millisecond); err == nil {
 		c.Close()
 		return fmt.Errorf("%s: another process is serving on this socket", path)
 	}

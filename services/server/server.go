@@ -24,10 +24,14 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/keepalive"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	servicev1 "github.com/flotilla/flotilla/proto/service/v1"
 	"github.com/flotilla/flotilla/services/config"
+	"github.com/flotilla/flotilla/services/discovery"
+	"github.com/flotilla/flotilla/services/mtls"
+	"github.com/flotilla/flotilla/services/tracing"
 	"github.com/flotilla/flotilla/services/version"
 )
 
@@ -58,13 +62,44 @@ type Server struct {
 	onStop   []func()
 
 	frontDoor FrontDoor      // nil: the gRPC server serves the socket
+	signals   bool           // Run stops on SIGTERM/SIGINT
+	serving   chan struct{}  // closed once Run serves
 	local     *localListener // the gRPC server's side of DialLocal
 	stopping  *stopping      // ends long-lived calls when the server stops
+
+	creds     *mtls.Credentials // unix peers by SO_PEERCRED, TCP peers by mutual TLS
+	identity  *mtls.Identity
+	discovery *discovery.Registry
+	tracing   *tracing.Provider
+	admin     *adminMethods
+	onServe   []func(ctx context.Context)
 }
 
 type options struct {
 	grpcOpts  []grpc.ServerOption
 	frontDoor func(*Server) FrontDoor
+	identity  *mtls.Identity
+	discovery *discovery.Registry
+	tracing   *tracing.Provider
+	noSignals bool
+}
+
+// WithIdentity gives the server its mutual TLS identity, without which it
+// refuses to serve TCP. The daemon's connections present it too.
+func WithIdentity(id *mtls.Identity) Option {
+	return func(o *options) { o.identity = id }
+}
+
+// WithDiscovery gives the daemon its service registry, through which its
+// connections resolve discover:// addresses.
+func WithDiscovery(r *discovery.Registry) Option {
+	return func(o *options) { o.discovery = r }
+}
+
+// WithTracing traces the calls the server takes, and the daemon's own, with
+// p (nil: off).
+func WithTracing(p *tracing.Provider) Option {
+	return func(o *options) { o.tracing = p }
 }
 
 // Option changes how New builds the server.
@@ -84,6 +119,13 @@ type FrontDoor interface {
 // build returns for it.
 func WithFrontDoor(build func(*Server) FrontDoor) Option {
 	return func(o *options) { o.frontDoor = build }
+}
+
+// WithoutSignals has Run stop only when its context ends, not on SIGTERM or
+// SIGINT: for a process running several servers, which stops them itself in
+// an order.
+func WithoutSignals() Option {
+	return func(o *options) { o.noSignals = true }
 }
 
 // WithGRPCOptions adds options to the gRPC server.
@@ -107,12 +149,15 @@ func New(name string, cfg config.Common, log *slog.Logger, opts ...Option) *Serv
 	))
 	registry.MustRegister(metrics)
 	stop := newStopping(name)
+	creds := mtls.NewCredentials(o.identity, log)
+	admin := newAdminMethods()
 
 	// Metrics sit outermost so they count the gRPC code the client sees;
 	// errors are converted before that, namespaces are read first of all.
 	grpcOpts := append([]grpc.ServerOption{
-		grpc.ChainUnaryInterceptor(metrics.UnaryServerInterceptor(), errorsUnary, logUnary(log), namespaceUnary, stop.unary),
-		grpc.ChainStreamInterceptor(metrics.StreamServerInterceptor(), errorsStream, logStream(log), namespaceStream, stop.stream),
+		grpc.Creds(creds),
+		grpc.ChainUnaryInterceptor(metrics.UnaryServerInterceptor(), errorsUnary, logUnary(log), admin.unary, namespaceUnary, stop.unary),
+		grpc.ChainStreamInterceptor(metrics.StreamServerInterceptor(), errorsStream, logStream(log), admin.stream, namespaceStream, stop.stream),
 		grpc.MaxRecvMsgSize(MaxMsgSize),
 		grpc.MaxSendMsgSize(MaxMsgSize),
 		// Blobs and layers move in 1 MiB messages: windows that hold several
@@ -123,18 +168,30 @@ func New(name string, cfg config.Common, log *slog.Logger, opts ...Option) *Serv
 		grpc.ReadBufferSize(IOBuffer),
 		grpc.WriteBufferSize(IOBuffer),
 		grpc.ForceServerCodecV2(Codec{}),
+		// The gateway checks a quiet backend connection with PINGs, as
+		// often as every half second (gateway --stall-timeout): gRPC's
+		// default policy would take them for abuse and close it.
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 500 * time.Millisecond, PermitWithoutStream: true}),
 	}, o.grpcOpts...)
+	grpcOpts = append(grpcOpts, o.tracing.ServerOptions()...)
 
 	s := &Server{
-		name:     name,
-		cfg:      cfg,
-		log:      log,
-		grpc:     grpc.NewServer(grpcOpts...),
-		health:   health.NewServer(),
-		metrics:  metrics,
-		registry: registry,
-		started:  time.Now(),
-		stopping: stop,
+		name:      name,
+		cfg:       cfg,
+		log:       log,
+		grpc:      grpc.NewServer(grpcOpts...),
+		health:    health.NewServer(),
+		metrics:   metrics,
+		registry:  registry,
+		started:   time.Now(),
+		stopping:  stop,
+		creds:     creds,
+		identity:  o.identity,
+		discovery: o.discovery,
+		tracing:   o.tracing,
+		admin:     admin,
+		signals:   !o.noSignals,
+		serving:   make(chan struct{}),
 	}
 	healthpb.RegisterHealthServer(s.grpc, s.health)
 	servicev1.RegisterInfoServer(s.grpc, &infoService{s: s})
@@ -144,6 +201,16 @@ func New(name string, cfg config.Common, log *slog.Logger, opts ...Option) *Serv
 	}
 	return s
 }
+
+// Identity is the daemon's mutual TLS identity, nil without one.
+func (s *Server) Identity() *mtls.Identity { return s.identity }
+
+// Discovery is the daemon's service registry, nil without one.
+func (s *Server) Discovery() *discovery.Registry { return s.discovery }
+
+// Tracing is the daemon's tracing (nil: off), for its own spans and the
+// calls it makes.
+func (s *Server) Tracing() *tracing.Provider { return s.tracing }
 
 // CallMetrics are the Prometheus metrics of the calls the server handles,
 // for a front door to count the calls it relays in the same series.
@@ -156,6 +223,9 @@ func (s *Server) DialLocal(ctx context.Context) (net.Conn, error) {
 	}
 	return s.local.dial(ctx)
 }
+
+// Serving is closed once Run serves the server's socket.
+func (s *Server) Serving() <-chan struct{} { return s.serving }
 
 // GRPC is the server to register the daemon's services on.
 func (s *Server) GRPC() *grpc.Server { return s.grpc }
@@ -178,6 +248,24 @@ func (s *Server) SetServing(service string, serving bool) {
 	s.health.SetServingStatus(service, st)
 }
 
+// AdminOnly restricts the given methods ("/pkg.Service/Method", or
+// "/pkg.Service/" for all of a service's) to callers the admin policy
+// allows (mtls.AdminPolicy): an admin certificate on TCP; root, the
+// daemon's user or the socket's group locally. Others get PermissionDenied.
+func (s *Server) AdminOnly(methods ...string) { s.admin.add(methods...) }
+
+// Admin is the policy AdminOnly methods are checked against, for a front
+// door that checks its callers itself.
+func (s *Server) Admin() mtls.AdminPolicy { return s.admin.policy() }
+
+// Credentials are the server's transport credentials, for a front door
+// wrapping its listener (Credentials.Listener) or checking callers.
+func (s *Server) Credentials() *mtls.Credentials { return s.creds }
+
+// OnServe registers f to run once the server listens and serves (such as
+// registering it with discovery); ctx ends when the server stops.
+func (s *Server) OnServe(f func(ctx context.Context)) { s.onServe = append(s.onServe, f) }
+
 // OnStop registers f to run after the gRPC server has stopped, such as
 // closing a database. They run in reverse order of registration.
 func (s *Server) OnStop(f func()) { s.onStop = append(s.onStop, f) }
@@ -186,17 +274,40 @@ func (s *Server) OnStop(f func()) { s.onStop = append(s.onStop, f) }
 // calls, lets in-flight ones finish within the shutdown timeout, cuts the
 // rest, and runs the OnStop functions.
 func (s *Server) Run(ctx context.Context) error {
-	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
-	defer stop()
+	if s.signals {
+		var stop context.CancelFunc
+		ctx, stop = signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
+		defer stop()
+	}
 	defer func() {
 		for i := len(s.onStop) - 1; i >= 0; i-- {
 			s.onStop[i]()
 		}
 	}()
 
+	network, _, err := SplitAddress(s.cfg.Address)
+	if err != nil {
+		return err
+	}
+	if network == "tcp" && s.identity == nil {
+		return fmt.Errorf("serve on %s: %w", s.cfg.Address, mtls.ErrNoIdentity)
+	}
 	l, err := Listen(s.cfg.Address)
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", s.cfg.Address, err)
+	}
+	if err := s.admin.setSocket(l); err != nil {
+		l.Close()
+		return err
+	}
+	// Other components of this process call without the socket (a front
+	// door's socket is for clients, so it is not offered to them).
+	var il net.Listener
+	if s.frontDoor == nil && InProcessEnabled() {
+		if il, err = listenInProcess(s.cfg.Address); err != nil {
+			l.Close()
+			return err
+		}
 	}
 	s.metrics.InitializeMetrics(s.grpc)
 
@@ -205,6 +316,9 @@ func (s *Server) Run(ctx context.Context) error {
 		ml, err := net.Listen("tcp", s.cfg.MetricsAddress)
 		if err != nil {
 			l.Close()
+			if il != nil {
+				il.Close()
+			}
 			return fmt.Errorf("metrics listen on %s: %w", s.cfg.MetricsAddress, err)
 		}
 		mux := http.NewServeMux()
@@ -226,22 +340,33 @@ func (s *Server) Run(ctx context.Context) error {
 		}()
 	}
 
-	served := make(chan error, 2)
+	served := make(chan error, 3)
 	if s.frontDoor != nil {
 		go func() { served <- s.grpc.Serve(s.local) }()
-		go func() { served <- s.frontDoor.Serve(l) }()
+		go func() { served <- s.frontDoor.Serve(s.creds.Listener(l)) }()
 	} else {
 		go func() { served <- s.grpc.Serve(l) }()
+		if il != nil {
+			go func() { served <- s.grpc.Serve(il) }()
+		}
 	}
 	s.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+	close(s.serving)
 	s.log.Info("serving", "address", s.cfg.Address, "metrics", s.cfg.MetricsAddress,
 		"version", version.Version, "revision", version.Revision, "pid", os.Getpid())
+
+	serveCtx, endServe := context.WithCancel(ctx)
+	defer endServe()
+	for _, f := range s.onServe {
+		f(serveCtx)
+	}
 
 	select {
 	case err := <-served:
 		return fmt.Errorf("serve: %w", err)
 	case <-ctx.Done():
 	}
+	endServe()
 	s.log.Info("shutting down", "timeout", s.cfg.ShutdownTimeout.String())
 	s.health.Shutdown()
 	// Calls that would last as long as their clients stay (subscriptions,

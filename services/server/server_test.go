@@ -63,7 +63,17 @@ func (e *echoNamespaces) Get(ctx context.Context, req *namespacesapi.GetNamespac
 
 func startServer(t *testing.T, cfg config.Common) (*Server, *echoNamespaces, context.CancelFunc, <-chan error) {
 	t.Helper()
+	return startServerWith(t, cfg, nil)
+}
+
+// startServerWith is startServer with configure called on the server
+// before it runs.
+func startServerWith(t *testing.T, cfg config.Common, configure func(*Server)) (*Server, *echoNamespaces, context.CancelFunc, <-chan error) {
+	t.Helper()
 	srv := New("testd", cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if configure != nil {
+		configure(srv)
+	}
 	svc := &echoNamespaces{release: make(chan struct{})}
 	namespacesapi.RegisterNamespacesServer(srv.GRPC(), svc)
 	ctx, cancel := context.WithCancel(context.Background())

@@ -62,10 +62,18 @@ func New(p content.Provider, i content.Ingester, opts ...Option) *Differ {
 // ApplyOption changes one Apply.
 type ApplyOption func(*applyConfig)
 
-type applyConfig struct{ syncFS bool }
+type applyConfig struct{ syncFS, skipBlobDigest bool }
 
 // WithSyncFS makes Apply flush the filesystem it wrote to before returning.
 func WithSyncFS() ApplyOption { return func(c *applyConfig) { c.syncFS = true } }
+
+// WithBlobDigestCheckedByCaller makes Apply skip hashing the compressed
+// blob: for a caller that reads a blob still being fetched and keeps the
+// snapshot only once the store has verified the blob (contentd's pull).
+// The diff ID is computed all the same.
+func WithBlobDigestCheckedByCaller() ApplyOption {
+	return func(c *applyConfig) { c.skipBlobDigest = true }
+}
 
 // Apply extracts the layer desc names onto mounts and returns the
 // descriptor of the uncompressed tar it applied: media type
@@ -94,19 +102,15 @@ func (d *Differ) Apply(ctx context.Context, desc ocispec.Descriptor, mounts []*t
 	if err := desc.Digest.Validate(); err != nil {
 		return ocispec.Descriptor{}, fmt.Errorf("layer digest %q: %v: %w", desc.Digest, err, errdefs.ErrInvalidArgument)
 	}
-	ra, err := d.provider.ReaderAt(ctx, desc)
+	blob, size, err := d.open(ctx, desc)
 	if err != nil {
-		return ocispec.Descriptor{}, fmt.Errorf("layer %s: %w", desc.Digest, err)
+		return ocispec.Descriptor{}, err
 	}
-	defer ra.Close()
-	if desc.Size > 0 && ra.Size() != desc.Size {
-		return ocispec.Descriptor{}, fmt.Errorf("layer %s is %d bytes in the store, descriptor says %d: %w", desc.Digest, ra.Size(), desc.Size, errdefs.ErrFailedPrecondition)
-	}
+	defer blob.Close()
 
 	var applied ocispec.Descriptor
 	err = onMounts(ctx, mounts, func(root string, overlay bool, lowers []string) error {
-		raw := &digestReader{r: bufio.NewReaderSize(io.NewSectionReader(ra, 0, ra.Size()), 1<<20),
-			digestCount: digestCount{d: desc.Digest.Algorithm().Digester()}}
+		raw := &digestReader{r: blob, digestCount: digestCount{d: desc.Digest.Algorithm().Digester()}, countOnly: cfg.skipBlobDigest}
 		rc, got, err := compression.Decompress(raw, want)
 		if err != nil {
 			return archive.Classify(err)
@@ -117,8 +121,8 @@ func (d *Differ) Apply(ctx context.Context, desc ocispec.Descriptor, mounts []*t
 		if overlay {
 			aopts = append(aopts, archive.WithOverlayLowers(lowers...))
 		}
-		if got == compression.Uncompressed {
-			aopts = append(aopts, archive.WithStreamSize(ra.Size()))
+		if got == compression.Uncompressed && size >= 0 {
+			aopts = append(aopts, archive.WithStreamSize(size))
 		}
 		ahead := newReadAhead(tarStream, 256<<10, 8)
 		defer ahead.Close()
@@ -134,7 +138,10 @@ func (d *Differ) Apply(ctx context.Context, desc ocispec.Descriptor, mounts []*t
 		if _, err := io.Copy(io.Discard, raw); err != nil {
 			return archive.Classify(fmt.Errorf("read layer %s: %w", desc.Digest, err))
 		}
-		if dg := raw.d.Digest(); dg != desc.Digest || raw.n != ra.Size() {
+		if size >= 0 && raw.n != size {
+			return fmt.Errorf("layer %s: content is %d bytes, descriptor says %d: %w", desc.Digest, raw.n, size, errdefs.ErrInvalidArgument)
+		}
+		if dg := raw.d.Digest(); !cfg.skipBlobDigest && dg != desc.Digest {
 			return fmt.Errorf("layer %s: content digests to %s (%d bytes): %w", desc.Digest, dg, raw.n, errdefs.ErrInvalidArgument)
 		}
 		if cfg.syncFS {
@@ -149,6 +156,42 @@ func (d *Differ) Apply(ctx context.Context, desc ocispec.Descriptor, mounts []*t
 		return ocispec.Descriptor{}, err
 	}
 	return applied, nil
+}
+
+// open opens the layer desc names for reading in order, with its size (-1
+// when neither the store nor desc tells it): as one stream when the
+// provider can, else through ReaderAt. A missing blob is NotFound here.
+func (d *Differ) open(ctx context.Context, desc ocispec.Descriptor) (io.ReadCloser, int64, error) {
+	if st, ok := d.provider.(content.Streamer); ok {
+		rc, err := st.Stream(ctx, desc)
+		if err != nil {
+			return nil, 0, fmt.Errorf("layer %s: %w", desc.Digest, err)
+		}
+		br := bufio.NewReaderSize(rc, 64<<10)
+		if _, err := br.Peek(1); err != nil && !errors.Is(err, io.EOF) {
+			rc.Close()
+			return nil, 0, fmt.Errorf("layer %s: %w", desc.Digest, err)
+		}
+		size := desc.Size
+		if size <= 0 {
+			size = -1
+		}
+		return readCloser{br, rc}, size, nil
+	}
+	ra, err := d.provider.ReaderAt(ctx, desc)
+	if err != nil {
+		return nil, 0, fmt.Errorf("layer %s: %w", desc.Digest, err)
+	}
+	if desc.Size > 0 && ra.Size() != desc.Size {
+		ra.Close()
+		return nil, 0, fmt.Errorf("layer %s is %d bytes in the store, descriptor says %d: %w", desc.Digest, ra.Size(), desc.Size, errdefs.ErrFailedPrecondition)
+	}
+	return readCloser{bufio.NewReaderSize(io.NewSectionReader(ra, 0, ra.Size()), 1<<20), ra}, ra.Size(), nil
+}
+
+type readCloser struct {
+	io.Reader
+	io.Closer
 }
 
 // digestCount is the digest and the count of the bytes that have passed
@@ -166,11 +209,16 @@ func (c *digestCount) add(p []byte) {
 type digestReader struct {
 	r io.Reader
 	digestCount
+	countOnly bool // count the bytes, do not hash them
 }
 
 func (r *digestReader) Read(p []byte) (int, error) {
 	n, err := r.r.Read(p)
-	r.add(p[:n])
+	if r.countOnly {
+		r.n += int64(n)
+	} else {
+		r.add(p[:n])
+	}
 	return n, err
 }
 

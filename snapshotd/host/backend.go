@@ -2,6 +2,7 @@ package host
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -79,6 +80,12 @@ type backend struct {
 	adding     bool
 	restarting bool          // a restart loop runs
 	changed    chan struct{} // closed and replaced whenever inst changes
+	// idle: no process, since it holds no snapshots; the first Prepare or
+	// View starts one (Options.StartOnUse).
+	idle bool
+	// empty: it holds no snapshots, as far as the host knows: while
+	// idle, and after Shutdown found none.
+	empty bool
 }
 
 var _ snapshotter.Snapshotter = (*backend)(nil)
@@ -115,7 +122,7 @@ func (b *backend) startLocked(ctx context.Context, path string) error {
 	ctx, cancel := context.WithTimeout(ctx, startLimit)
 	defer cancel()
 	stderr := &tail{}
-	p, err := sdk.Start(ctx, sdk.Config{Path: path, Root: b.root, Logger: pluginLogger(b.name), Stderr: stderr, SocketDir: b.h.opts.SocketDir})
+	p, err := sdk.Start(ctx, sdk.Config{Path: path, Root: b.root, Logger: b.log, Stderr: stderr, SocketDir: b.h.opts.SocketDir, Tracing: b.h.opts.Tracing})
 	if err != nil {
 		msg := strings.TrimSpace(stderr.String())
 		if msg != "" {
@@ -149,7 +156,7 @@ func (b *backend) adopt(ctx context.Context, rc sdk.Reattach) error {
 	b.mu.Lock()
 	path := b.path
 	b.mu.Unlock()
-	p, err := sdk.Attach(ctx, sdk.Config{Path: path, Root: b.root, Logger: pluginLogger(b.name)}, rc)
+	p, err := sdk.Attach(ctx, sdk.Config{Path: path, Root: b.root, Logger: b.log, Tracing: b.h.opts.Tracing}, rc)
 	if err != nil {
 		// A process of ours that does not answer still holds the data:
 		// it must go before a new one can open it.
@@ -176,12 +183,79 @@ func (b *backend) setInstance(p *sdk.Process) {
 		p.Stop()
 		return
 	}
+	b.idle, b.empty = false, false
 	b.inst = inst
 	b.state = StateRunning
 	b.lastErr = nil
 	b.broadcastLocked()
 	b.mu.Unlock()
 	go b.watch(inst)
+}
+
+// setIdle leaves the backend without a process until it is used.
+func (b *backend) setIdle() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.idle, b.empty, b.state = true, true, StateIdle
+}
+
+// isIdle reports whether the backend has no process because it holds no
+// snapshots: what is asked of it does not exist.
+func (b *backend) isIdle() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.idle && !b.removed
+}
+
+// wake starts the process of an idle backend, for a call that makes a
+// snapshot; it does nothing to one that is not idle.
+func (b *backend) wake(ctx context.Context) error {
+	if !b.isIdle() {
+		return nil
+	}
+	b.life.Lock()
+	defer b.life.Unlock()
+	b.mu.Lock()
+	idle, path := b.idle && !b.removed, b.path
+	b.mu.Unlock()
+	if !idle {
+		return nil
+	}
+	// The process outlives the call that woke it.
+	if err := b.startLocked(context.WithoutCancel(ctx), path); err != nil {
+		return fmt.Errorf("snapshotter %s: start its process: %w", b.name, err)
+	}
+	if err := b.h.save(); err != nil {
+		b.log.Error("save snapshotters state", "error", err)
+	}
+	return nil
+}
+
+// noteEmpty records whether the running process holds no snapshot, for the
+// next start to leave the backend idle; it is not empty when that cannot
+// be told.
+func (b *backend) noteEmpty() {
+	b.mu.Lock()
+	inst := b.inst
+	if inst == nil {
+		b.mu.Unlock()
+		return
+	}
+	inst.calls.Add(1)
+	b.mu.Unlock()
+	defer inst.calls.Done()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	errFound := errors.New("found one")
+	err := inst.proc.Snapshotter().Walk(ctx, func(context.Context, snapshotter.Info) error { return errFound })
+	b.mu.Lock()
+	b.empty = err == nil
+	b.mu.Unlock()
+}
+
+// notFound is what an idle backend answers about a snapshot key.
+func (b *backend) notFound(key string) error {
+	return fmt.Errorf("snapshot %s in %s: %w", key, b.name, errdefs.ErrNotFound)
 }
 
 // watch notices the death of inst's process.
@@ -406,7 +480,7 @@ func (b *backend) call(ctx context.Context, idempotent bool, fn func(s snapshott
 		}
 		err = fn(inst.proc.Snapshotter())
 		inst.calls.Done()
-		if err == nil || attempt > 0 || !errdefs.IsUnavailable(err) || ctx.Err() != nil {
+		if err == nil || attempt > 0 || !connectionLost(ctx, err) {
 			return err
 		}
 		if inst.proc.Alive() {
@@ -425,10 +499,25 @@ func (b *backend) call(ctx context.Context, idempotent bool, fn func(s snapshott
 	}
 }
 
+// connectionLost says whether a call failed because the process's
+// connection went away rather than by the plugin's answer: Unavailable, or
+// cancelled though the caller did not cancel (snapshotd closing the
+// connection of a process it has seen die, while the call was in flight).
+func connectionLost(ctx context.Context, err error) bool {
+	if ctx.Err() != nil {
+		return false
+	}
+	return errdefs.IsUnavailable(err) || errdefs.IsCanceled(err)
+}
+
 // countActive counts the active snapshots of the running process, without
 // waiting for one.
 func (b *backend) countActive(ctx context.Context) (int, error) {
 	b.mu.Lock()
+	if b.idle {
+		b.mu.Unlock()
+		return 0, nil
+	}
 	inst := b.inst
 	if inst == nil {
 		state := b.state
@@ -450,7 +539,9 @@ func (b *backend) countActive(ctx context.Context) (int, error) {
 
 func (b *backend) status(ctx context.Context) Status {
 	st := b.describe()
-	if n, err := b.countActive(ctx); err == nil {
+	if st.State == StateIdle {
+		st.Active = 0
+	} else if n, err := b.countActive(ctx); err == nil {
 		st.Active = n
 	}
 	return st
@@ -469,49 +560,78 @@ func (b *backend) describe() Status {
 	return st
 }
 
-// The snapshotter.Snapshotter methods: each is a call on the current process.
+// The snapshotter.Snapshotter methods: each is a call on the current
+// process. An idle backend holds nothing: it answers NotFound for a key, and
+// starts its process only to make a snapshot (Prepare, View).
 
 func (b *backend) Stat(ctx context.Context, key string) (info snapshotter.Info, err error) {
+	if b.isIdle() {
+		return info, b.notFound(key)
+	}
 	err = b.call(ctx, true, func(s snapshotter.Snapshotter) error { info, err = s.Stat(ctx, key); return err })
 	return info, err
 }
 
 func (b *backend) Update(ctx context.Context, in snapshotter.Info, fieldpaths ...string) (info snapshotter.Info, err error) {
+	if b.isIdle() {
+		return info, b.notFound(in.Name)
+	}
 	err = b.call(ctx, false, func(s snapshotter.Snapshotter) error { info, err = s.Update(ctx, in, fieldpaths...); return err })
 	return info, err
 }
 
 func (b *backend) Usage(ctx context.Context, key string) (u snapshotter.Usage, err error) {
+	if b.isIdle() {
+		return u, b.notFound(key)
+	}
 	err = b.call(ctx, true, func(s snapshotter.Snapshotter) error { u, err = s.Usage(ctx, key); return err })
 	return u, err
 }
 
 func (b *backend) Mounts(ctx context.Context, key string) (ms []snapshotter.Mount, err error) {
+	if b.isIdle() {
+		return nil, b.notFound(key)
+	}
 	err = b.call(ctx, true, func(s snapshotter.Snapshotter) error { ms, err = s.Mounts(ctx, key); return err })
 	return ms, err
 }
 
 func (b *backend) Prepare(ctx context.Context, key, parent string, opts ...snapshotter.Opt) (ms []snapshotter.Mount, err error) {
+	if err := b.wake(ctx); err != nil {
+		return nil, err
+	}
 	err = b.call(ctx, false, func(s snapshotter.Snapshotter) error { ms, err = s.Prepare(ctx, key, parent, opts...); return err })
 	return ms, err
 }
 
 func (b *backend) View(ctx context.Context, key, parent string, opts ...snapshotter.Opt) (ms []snapshotter.Mount, err error) {
+	if err := b.wake(ctx); err != nil {
+		return nil, err
+	}
 	err = b.call(ctx, false, func(s snapshotter.Snapshotter) error { ms, err = s.View(ctx, key, parent, opts...); return err })
 	return ms, err
 }
 
 func (b *backend) Commit(ctx context.Context, name, key string, opts ...snapshotter.Opt) error {
+	if b.isIdle() {
+		return b.notFound(key)
+	}
 	return b.call(ctx, false, func(s snapshotter.Snapshotter) error { return s.Commit(ctx, name, key, opts...) })
 }
 
 func (b *backend) Remove(ctx context.Context, key string) error {
+	if b.isIdle() {
+		return b.notFound(key)
+	}
 	return b.call(ctx, false, func(s snapshotter.Snapshotter) error { return s.Remove(ctx, key) })
 }
 
 // Walk retries only if the process died before fn saw any snapshot, so
 // that no snapshot is visited twice.
 func (b *backend) Walk(ctx context.Context, fn snapshotter.WalkFunc, filters ...string) error {
+	if b.isIdle() {
+		return nil
+	}
 	seen := false
 	return b.call(ctx, true, func(s snapshotter.Snapshotter) error {
 		if seen {

@@ -13,13 +13,14 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/containerd/errdefs"
-	"github.com/hashicorp/go-hclog"
 
 	"github.com/flotilla/flotilla/services/identifiers"
+	"github.com/flotilla/flotilla/services/tracing"
 	"github.com/flotilla/flotilla/snapshotd/snapshotter"
 )
 
@@ -30,6 +31,9 @@ const (
 	StateRestarting = "restarting" // its process died; a new one is on its way
 	StateReplacing  = "replacing"
 	StateFailed     = "failed" // cannot be started; retried with backoff
+	// StateIdle: it holds no snapshots and no process serves it; one is
+	// started when a snapshot is first prepared (Options.StartOnUse).
+	StateIdle = "idle"
 )
 
 // Options configure Open.
@@ -51,6 +55,21 @@ type Options struct {
 	// SocketDir is where plugins make their sockets: snapshotd's state,
 	// not $TMPDIR. Sockets a killed plugin left there are removed at Open.
 	SocketDir string
+	// StartOnUse leaves a backend that holds no snapshots (a default at
+	// first start; one that held none when it was last shut down) without
+	// a process until a snapshot is prepared in it: until then it answers
+	// that there is nothing, as its process would, and costs no memory.
+	// A process left running (Close, or a crash) is adopted regardless.
+	StartOnUse bool
+	// Tracing is snapshotd's: its calls to the plugins are traced with it,
+	// and the plugins it starts trace to the same collector (nil: off).
+	Tracing *tracing.Provider
+	// PluginDir is the only directory Add and Replace run executables
+	// from: a relative path is taken from it, and both the path a caller
+	// names and the file it leads to (symlinks and ".." resolved) must lie
+	// inside it, since a backend runs as snapshotd's user (root). Empty
+	// takes any absolute path (tests of this package).
+	PluginDir string
 }
 
 // Spec names a backend and its executable.
@@ -121,6 +140,15 @@ func Open(ctx context.Context, opts Options) (*Host, error) {
 	if !ok {
 		for _, d := range opts.Defaults {
 			b := h.newBackend(d.Name, d.Path)
+			if opts.StartOnUse {
+				if err := checkExecutable(d.Path); err != nil {
+					h.log.Error("default snapshotter not usable; left out", "snapshotter", d.Name, "path", d.Path, "error", err)
+					continue
+				}
+				b.setIdle()
+				h.backends[d.Name] = b
+				continue
+			}
 			if err := b.start(ctx); err != nil {
 				h.log.Error("default snapshotter not started; left out", "snapshotter", d.Name, "path", d.Path, "error", err)
 				continue
@@ -138,6 +166,9 @@ func Open(ctx context.Context, opts Options) (*Host, error) {
 				continue
 			}
 			h.log.Warn("could not adopt snapshotter process; starting a new one", "snapshotter", sb.Name, "pid", sb.Reattach.Pid, "error", err)
+		} else if sb.Empty && opts.StartOnUse {
+			b.setIdle()
+			continue
 		}
 		if err := b.start(ctx); err != nil {
 			h.log.Error("snapshotter failed to start; retrying in the background", "snapshotter", sb.Name, "error", err)
@@ -177,6 +208,8 @@ func (h *Host) saveLocked() error {
 		if b.inst != nil {
 			rc := b.inst.proc.Reattach()
 			sb.Reattach = &rc
+		} else {
+			sb.Empty = b.empty
 		}
 		b.mu.Unlock()
 		st.Snapshotters = append(st.Snapshotters, sb)
@@ -266,7 +299,8 @@ func (h *Host) Add(ctx context.Context, name, path string) (Status, error) {
 	if err := identifiers.Validate(name); err != nil {
 		return Status{}, fmt.Errorf("snapshotter name: %w", err)
 	}
-	if err := checkExecutable(path); err != nil {
+	path, err := h.pluginExecutable(path)
+	if err != nil {
 		return Status{}, err
 	}
 	h.mu.Lock()
@@ -284,7 +318,7 @@ func (h *Host) Add(ctx context.Context, name, path string) (Status, error) {
 	h.backends[name] = b
 	h.mu.Unlock()
 
-	err := b.start(ctx)
+	err = b.start(ctx)
 	h.mu.Lock()
 	b.mu.Lock()
 	b.adding = false
@@ -310,7 +344,8 @@ func (h *Host) Add(ctx context.Context, name, path string) (Status, error) {
 // If the new executable does not start, the old one is started again and
 // Replace fails with the new one's error.
 func (h *Host) Replace(ctx context.Context, name, path string) (Status, error) {
-	if err := checkExecutable(path); err != nil {
+	path, err := h.pluginExecutable(path)
+	if err != nil {
 		return Status{}, err
 	}
 	b, err := h.lookup(name)
@@ -400,6 +435,10 @@ func (h *Host) beginStop() []*backend {
 // starts new ones on the same data.
 func (h *Host) Shutdown() error {
 	for _, b := range h.beginStop() {
+		if h.opts.StartOnUse {
+			// Whether the next snapshotd may leave it without a process.
+			b.noteEmpty()
+		}
 		if inst := b.markRemoved(); inst != nil {
 			inst.stop()
 		}
@@ -408,6 +447,49 @@ func (h *Host) Shutdown() error {
 	// removed), and Shutdown returns only once it has.
 	h.restarts.Wait()
 	return h.save()
+}
+
+// pluginExecutable checks the executable a caller asked Add or Replace to
+// run and returns the path to run it by: with a plugin directory, the
+// file's real path, so that a symlink changed after the check cannot lead
+// elsewhere. A path outside the directory is InvalidArgument.
+func (h *Host) pluginExecutable(path string) (string, error) {
+	if h.opts.PluginDir == "" {
+		return path, checkExecutable(path)
+	}
+	dir, err := filepath.EvalSymlinks(h.opts.PluginDir)
+	if err == nil {
+		dir, err = filepath.Abs(dir)
+	}
+	if err != nil {
+		return "", fmt.Errorf("plugin directory %s: %w: %w", h.opts.PluginDir, err, errdefs.ErrFailedPrecondition)
+	}
+	asked := path
+	if !filepath.IsAbs(path) {
+		path = filepath.Join(dir, path)
+	}
+	outside := func(p string) error {
+		return fmt.Errorf("plugin executable %s (%s) is outside the plugin directory %s: snapshotd runs backends only from there (--plugin-dir): %w",
+			asked, p, h.opts.PluginDir, errdefs.ErrInvalidArgument)
+	}
+	// Judged as written (".." resolved), then where its symlinks lead.
+	if !within(dir, filepath.Clean(path)) && !within(filepath.Clean(h.opts.PluginDir), filepath.Clean(path)) {
+		return "", outside(filepath.Clean(path))
+	}
+	real, err := filepath.EvalSymlinks(path)
+	if err != nil {
+		return "", fmt.Errorf("plugin executable %s: %w: %w", asked, err, errdefs.ErrInvalidArgument)
+	}
+	if !within(dir, real) {
+		return "", outside(real)
+	}
+	return real, checkExecutable(real)
+}
+
+// within reports whether path lies below dir (both clean and absolute).
+func within(dir, path string) bool {
+	rel, err := filepath.Rel(dir, path)
+	return err == nil && rel != "." && rel != ".." && !strings.HasPrefix(rel, "../")
 }
 
 func checkExecutable(path string) error {
@@ -422,16 +504,6 @@ func checkExecutable(path string) error {
 		return fmt.Errorf("plugin executable %s is not an executable file: %w", path, errdefs.ErrInvalidArgument)
 	}
 	return nil
-}
-
-// pluginLogger adapts go-plugin's logging (and the plugin's log lines) to
-// snapshotd's standard error.
-func pluginLogger(name string) hclog.Logger {
-	return hclog.New(&hclog.LoggerOptions{
-		Name:   "snapshotter." + name,
-		Level:  hclog.Info,
-		Output: os.Stderr,
-	})
 }
 
 // tail keeps the last bytes written to it: a plugin's standard error, to

@@ -10,6 +10,9 @@ import (
 	"time"
 
 	"github.com/containerd/errdefs"
+	"github.com/containerd/errdefs/pkg/errgrpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/flotilla/flotilla/services/mount"
 	"github.com/flotilla/flotilla/snapshotd/internal/plugintest"
@@ -408,3 +411,185 @@ func copyFile(t *testing.T, src, dst string) {
 func contains(s, sub string) bool { return strings.Contains(s, sub) }
 
 func sdkAlive(pid int) bool { return sdk.Alive(pid) }
+
+func TestStartOnUseLeavesEmptyBackendsWithoutAProcess(t *testing.T) {
+	root := rootDir(t)
+	native := pluginPath(t, "native")
+	opts := Options{Root: root, Defaults: []Spec{{Name: "native", Path: native}}, PollInterval: 50 * time.Millisecond, StartOnUse: true}
+	var h *Host
+	shutdownOnCleanup(t, &h)
+	h, err := Open(context.Background(), opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if st, _ := h.Status(ctx, "native"); st.State != StateIdle || st.Pid != 0 || st.Active != 0 {
+		t.Fatalf("a default at first start: %+v, want idle without a process", st)
+	}
+	s := get(t, h, "native")
+
+	t.Run("an idle backend answers that there is nothing, without a process", func(t *testing.T) {
+		walked := 0
+		if err := s.Walk(ctx, func(context.Context, snapshotter.Info) error { walked++; return nil }); err != nil || walked != 0 {
+			t.Fatalf("walk: %d snapshots, %v", walked, err)
+		}
+		if _, err := s.Stat(ctx, "k"); !errdefs.IsNotFound(err) {
+			t.Fatalf("stat: %v, want NotFound", err)
+		}
+		if err := s.Remove(ctx, "k"); !errdefs.IsNotFound(err) {
+			t.Fatalf("remove: %v, want NotFound", err)
+		}
+		if st, _ := h.Status(ctx, "native"); st.Pid != 0 {
+			t.Fatalf("a process was started for a read: %+v", st)
+		}
+	})
+
+	t.Run("preparing a snapshot starts the process", func(t *testing.T) {
+		if _, err := s.Prepare(ctx, "k", ""); err != nil {
+			t.Fatal(err)
+		}
+		if st, _ := h.Status(ctx, "native"); st.State != StateRunning || st.Pid == 0 || st.Active != 1 {
+			t.Fatalf("after prepare: %+v", st)
+		}
+	})
+
+	t.Run("a backend holding a snapshot starts at once next time", func(t *testing.T) {
+		if err := h.Shutdown(); err != nil {
+			t.Fatal(err)
+		}
+		h, err = Open(ctx, opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pidOf(t, h, "native")
+		if _, err := get(t, h, "native").Stat(ctx, "k"); err != nil {
+			t.Fatalf("stat of the snapshot made before: %v", err)
+		}
+	})
+
+	t.Run("one emptied before shutdown is idle next time", func(t *testing.T) {
+		if err := get(t, h, "native").Remove(ctx, "k"); err != nil {
+			t.Fatal(err)
+		}
+		if err := h.Shutdown(); err != nil {
+			t.Fatal(err)
+		}
+		h, err = Open(ctx, opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st, _ := h.Status(ctx, "native"); st.State != StateIdle || st.Pid != 0 {
+			t.Fatalf("after a shutdown with no snapshots: %+v, want idle", st)
+		}
+	})
+}
+
+// TestAddRunsOnlyFromThePluginDirectory: with a plugin directory, Add and
+// Replace run only executables that lie inside it, however the path a
+// caller names gets there.
+func TestAddRunsOnlyFromThePluginDirectory(t *testing.T) {
+	needRoot(t)
+	ctx := context.Background()
+	base := rootDir(t)
+	plugins, outside := filepath.Join(base, "plugins"), filepath.Join(base, "elsewhere")
+	for _, d := range []string{plugins, outside} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	native, err := os.ReadFile(pluginPath(t, "native"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	inside := filepath.Join(plugins, "snapshotter-native")
+	stray := filepath.Join(outside, "snapshotter-native")
+	for _, p := range []string{inside, stray} {
+		if err := os.WriteFile(p, native, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A link inside leading out, and one outside leading in: the path as
+	// named and the file it leads to must both be inside.
+	if err := os.Symlink(stray, filepath.Join(plugins, "snapshotter-escape")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(inside, filepath.Join(outside, "snapshotter-in")); err != nil {
+		t.Fatal(err)
+	}
+	var h *Host
+	shutdownOnCleanup(t, &h)
+	h, err = Open(ctx, Options{Root: filepath.Join(base, "root"), PollInterval: 50 * time.Millisecond, PluginDir: plugins})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	for _, tc := range []struct{ what, path string }{
+		{"an absolute path outside", stray},
+		{"a path climbing out with ..", filepath.Join(plugins, "..", "elsewhere", "snapshotter-native")},
+		{"a relative path climbing out", "../elsewhere/snapshotter-native"},
+		{"a symlink inside that leads outside", filepath.Join(plugins, "snapshotter-escape")},
+		{"a symlink outside that leads inside", filepath.Join(outside, "snapshotter-in")},
+		{"a program of the system", "/bin/sh"},
+		{"the plugin directory itself", plugins},
+	} {
+		t.Run("add of "+tc.what+" is refused", func(t *testing.T) {
+			_, err := h.Add(ctx, "refused", tc.path)
+			if !errdefs.IsInvalidArgument(err) {
+				t.Fatalf("add %s = %v, want InvalidArgument", tc.path, err)
+			}
+			if tc.path != plugins && !strings.Contains(err.Error(), "outside the plugin directory") {
+				t.Errorf("add %s: %v does not say the path is outside the plugin directory", tc.path, err)
+			}
+			if _, err := h.Get("refused"); err == nil {
+				t.Error("a refused backend is registered")
+			}
+		})
+	}
+	t.Run("add by a name in the directory runs its real path", func(t *testing.T) {
+		st, err := h.Add(ctx, "byname", "snapshotter-native")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.Path != inside {
+			t.Errorf("path = %s, want %s", st.Path, inside)
+		}
+	})
+	t.Run("replace with a path outside is refused and the backend keeps running", func(t *testing.T) {
+		if _, err := h.Replace(ctx, "byname", stray); !errdefs.IsInvalidArgument(err) {
+			t.Fatalf("replace = %v, want InvalidArgument", err)
+		}
+		if _, err := h.Replace(ctx, "byname", filepath.Join(plugins, "snapshotter-escape")); !errdefs.IsInvalidArgument(err) {
+			t.Fatalf("replace through an escaping symlink = %v, want InvalidArgument", err)
+		}
+		if _, err := get(t, h, "byname").Stat(ctx, "none"); !errdefs.IsNotFound(err) {
+			t.Errorf("backend after refused replaces: Stat = %v, want NotFound", err)
+		}
+	})
+}
+
+// TestConnectionLost: a call is retried on the next process when it failed
+// because the connection went away (Unavailable, or cancelled by snapshotd
+// closing a dead process's connection mid-call), not when the caller
+// cancelled it or the plugin answered.
+func TestConnectionLost(t *testing.T) {
+	live := context.Background()
+	gone, cancel := context.WithCancel(context.Background())
+	cancel()
+	closing := errgrpc.ToNative(status.Error(codes.Canceled, "grpc: the client connection is closing"))
+	for _, tc := range []struct {
+		ctx  context.Context
+		err  error
+		want bool
+	}{
+		{live, errgrpc.ToNative(status.Error(codes.Unavailable, "error reading from server: EOF")), true},
+		{live, closing, true},
+		{gone, closing, false},
+		{gone, errgrpc.ToNative(status.Error(codes.Unavailable, "x")), false},
+		{live, errgrpc.ToNative(status.Error(codes.NotFound, "snapshot a")), false},
+		{live, errdefs.ErrFailedPrecondition, false},
+	} {
+		if got := connectionLost(tc.ctx, tc.err); got != tc.want {
+			t.Errorf("connectionLost(caller cancelled: %v, %v) = %v, want %v", tc.ctx.Err() != nil, tc.err, got, tc.want)
+		}
+	}
+}

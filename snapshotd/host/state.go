@@ -19,6 +19,9 @@ type savedBackend struct {
 	Name     string        `json:"name"`
 	Path     string        `json:"path"`
 	Reattach *sdk.Reattach `json:"reattach,omitempty"`
+	// Empty: it held no snapshots when its process was stopped (or it
+	// never had one), so it need not start until it is used.
+	Empty bool `json:"empty,omitempty"`
 }
 
 type savedState struct {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"os"
 	"os/exec"
@@ -14,6 +15,9 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/go-plugin"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	"github.com/flotilla/flotilla/services/logging"
+	"github.com/flotilla/flotilla/services/tracing"
 )
 
 // Config says how to start or find a plugin process.
@@ -22,14 +26,18 @@ type Config struct {
 	Path string
 	// Root is the directory the plugin keeps its data in.
 	Root string
-	// Logger receives go-plugin's and the plugin's log lines; nil discards.
-	Logger hclog.Logger
+	// Logger receives go-plugin's and the plugin's log lines, with their
+	// levels and fields (go-plugin's hclog is bridged into it); nil discards.
+	Logger *slog.Logger
 	// Stderr, if set, also receives the plugin's standard error, such as
 	// the reason it failed to start.
 	Stderr io.Writer
 	// SocketDir, if set, is where the plugin makes its socket (go-plugin
 	// makes it in $TMPDIR otherwise, and a killed plugin leaves it there).
 	SocketDir string
+	// Tracing traces snapshotd's calls to the plugin, and a plugin Start
+	// starts traces to the same collector (nil: off).
+	Tracing *tracing.Provider
 }
 
 // Reattach is what snapshotd persists to find a running plugin again after
@@ -57,7 +65,7 @@ type Process struct {
 // the signals sent to snapshotd's process group).
 func Start(ctx context.Context, cfg Config) (*Process, error) {
 	cmd := exec.Command(cfg.Path)
-	cmd.Env = append(os.Environ(), RootEnv+"="+cfg.Root)
+	cmd.Env = append(append(os.Environ(), cfg.Tracing.Env()...), RootEnv+"="+cfg.Root)
 	if cfg.SocketDir != "" {
 		cmd.Env = append(cmd.Env, plugin.EnvUnixSocketDir+"="+cfg.SocketDir)
 	}
@@ -67,7 +75,7 @@ func Start(ctx context.Context, cfg Config) (*Process, error) {
 		Plugins:          Plugins(),
 		Cmd:              cmd,
 		AllowedProtocols: []plugin.Protocol{plugin.ProtocolGRPC},
-		GRPCDialOptions:  dialOptions(),
+		GRPCDialOptions:  dialOptions(cfg.Tracing),
 		Logger:           logger(cfg.Logger),
 		Stderr:           cfg.Stderr,
 	})
@@ -101,7 +109,7 @@ func Attach(ctx context.Context, cfg Config, r Reattach) (*Process, error) {
 		HandshakeConfig:  Handshake,
 		Plugins:          Plugins(),
 		AllowedProtocols: []plugin.Protocol{plugin.ProtocolGRPC},
-		GRPCDialOptions:  dialOptions(),
+		GRPCDialOptions:  dialOptions(cfg.Tracing),
 		Logger:           logger(cfg.Logger),
 		Reattach: &plugin.ReattachConfig{
 			Protocol:        plugin.ProtocolGRPC,
@@ -225,9 +233,9 @@ func Alive(pid int) bool {
 	return true
 }
 
-func logger(l hclog.Logger) hclog.Logger {
+func logger(l *slog.Logger) hclog.Logger {
 	if l != nil {
-		return l
+		return logging.HCLog(l)
 	}
 	return hclog.NewNullLogger()
 }

@@ -18,15 +18,21 @@ package sdk
 import (
 	"context"
 	"fmt"
+	"io"
+	"log/slog"
 	"os"
 	"os/signal"
+	"path/filepath"
+	"strings"
 	"syscall"
+	"time"
 
 	snapshotsapi "github.com/containerd/containerd/api/services/snapshots/v1"
-	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/go-plugin"
 	"google.golang.org/grpc"
 
+	"github.com/flotilla/flotilla/services/logging"
+	"github.com/flotilla/flotilla/services/tracing"
 	"github.com/flotilla/flotilla/snapshotd/snapshotter"
 )
 
@@ -92,15 +98,20 @@ func Fail(err error) {
 // many snapshots is one message), instead of gRPC's 4 MiB default.
 const MaxMsgSize = 16 << 20
 
-// grpcServer is go-plugin's server with the message limits of MaxMsgSize.
-func grpcServer(opts []grpc.ServerOption) *grpc.Server {
-	return grpc.NewServer(append(opts, grpc.MaxRecvMsgSize(MaxMsgSize), grpc.MaxSendMsgSize(MaxMsgSize))...)
+// grpcServer returns go-plugin's server with the message limits of
+// MaxMsgSize, traced with tp (nil: off).
+func grpcServer(tp *tracing.Provider) func([]grpc.ServerOption) *grpc.Server {
+	return func(opts []grpc.ServerOption) *grpc.Server {
+		opts = append(opts, grpc.MaxRecvMsgSize(MaxMsgSize), grpc.MaxSendMsgSize(MaxMsgSize))
+		return grpc.NewServer(append(opts, tp.ServerOptions()...)...)
+	}
 }
 
-// dialOptions are the client's side of MaxMsgSize.
-func dialOptions() []grpc.DialOption {
-	return []grpc.DialOption{grpc.WithDefaultCallOptions(
-		grpc.MaxCallRecvMsgSize(MaxMsgSize), grpc.MaxCallSendMsgSize(MaxMsgSize))}
+// dialOptions are the client's side of MaxMsgSize, traced with tp (nil:
+// off).
+func dialOptions(tp *tracing.Provider) []grpc.DialOption {
+	return append([]grpc.DialOption{grpc.WithDefaultCallOptions(
+		grpc.MaxCallRecvMsgSize(MaxMsgSize), grpc.MaxCallSendMsgSize(MaxMsgSize))}, tp.DialOptions()...)
 }
 
 // Serve serves impl to snapshotd until snapshotd asks the plugin to stop,
@@ -110,23 +121,53 @@ func dialOptions() []grpc.DialOption {
 // that it survives the pipes to a dead snapshotd, SIGPIPE is ignored (writes
 // fail instead) and logging goes to the standard error the plugin started
 // with rather than to go-plugin's stdio stream, which nobody may be reading.
+//
+// The plugin logs with slog (the process's default logger, go-plugin's
+// messages included), as JSON lines in the shape go-plugin's client parses,
+// so that each line reaches snapshotd's log with its level and fields.
 func Serve(impl snapshotter.Snapshotter) {
 	signal.Ignore(syscall.SIGPIPE)
-	logger := hclog.New(&hclog.LoggerOptions{
-		Name:       "snapshotter",
-		Level:      hclog.Info,
-		Output:     os.Stderr,
-		JSONFormat: true,
-	})
+	log := slog.New(PluginLogHandler(os.Stderr, slog.LevelInfo))
+	slog.SetDefault(log)
+	logger := logging.HCLog(log)
+	// snapshotd passes its collector down in the environment.
+	tp, err := tracing.Init(context.Background(), filepath.Base(os.Args[0]), "")
+	if err != nil {
+		logger.Warn("tracing off", "error", err)
+	}
+	log.Info("snapshotter plugin serving", "pid", os.Getpid())
 	plugin.Serve(&plugin.ServeConfig{
 		HandshakeConfig: Handshake,
 		Plugins:         plugin.PluginSet{PluginName: &Plugin{Impl: impl}},
-		GRPCServer:      grpcServer,
+		GRPCServer:      grpcServer(tp),
 		Logger:          logger,
 	})
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	_ = tp.Shutdown(ctx)
+	cancel()
 	if err := impl.Close(); err != nil {
 		logger.Error("close snapshotter", "error", err)
 		os.Exit(1)
 	}
 	os.Exit(0)
+}
+
+// PluginLogHandler is the slog handler of a plugin process: JSON lines on
+// w with hclog's keys (@level, @message, @timestamp), which go-plugin's
+// client reads from the plugin's standard error and logs with their fields.
+func PluginLogHandler(w io.Writer, level slog.Level) slog.Handler {
+	return slog.NewJSONHandler(w, &slog.HandlerOptions{Level: level, ReplaceAttr: func(groups []string, a slog.Attr) slog.Attr {
+		if len(groups) > 0 {
+			return a
+		}
+		switch a.Key {
+		case slog.LevelKey:
+			return slog.String("@level", strings.ToLower(a.Value.String()))
+		case slog.MessageKey:
+			return slog.String("@message", a.Value.String())
+		case slog.TimeKey:
+			return slog.String("@timestamp", a.Value.Time().Format("2006-01-02T15:04:05.000000Z07:00"))
+		}
+		return a
+	}})
 }

@@ -18,6 +18,7 @@ import (
 
 	"github.com/flotilla/flotilla/services/events"
 	"github.com/flotilla/flotilla/services/filters"
+	"github.com/flotilla/flotilla/services/gc"
 	"github.com/flotilla/flotilla/services/labels"
 	"github.com/flotilla/flotilla/services/namespace"
 	"github.com/flotilla/flotilla/snapshotd/sdk"
@@ -33,6 +34,13 @@ const (
 	TopicCommit  = "/snapshot/commit"
 	TopicRemove  = "/snapshot/remove"
 )
+
+// LabelSnapshotRef names, on a Prepare or View, the committed snapshot the
+// caller is about to build (an unpacker puts the layer's chain ID there).
+// When a snapshot of that name already exists the call answers
+// AlreadyExists and creates nothing, as containerd's metadata layer does,
+// so that unpack skips a layer it already has.
+const LabelSnapshotRef = "containerd.io/snapshot.ref"
 
 // listBatch is how many snapshots one List answer carries.
 const listBatch = 100
@@ -54,6 +62,8 @@ type Snapshots struct {
 	snapshotsapi.UnimplementedSnapshotsServer
 	backends  Resolver
 	publisher events.Publisher
+	tracker   *gc.Tracker // nil outside garbage collection
+	holds     *LeaseHolds // nil: leases hold no snapshots
 }
 
 // New returns the snapshots service.
@@ -154,6 +164,27 @@ func (c call) checkRequest(l map[string]string, keys ...string) error {
 	return labels.ValidateAll(l)
 }
 
+// checkTarget answers AlreadyExists when the snapshot that labels name
+// under LabelSnapshotRef exists in the caller's namespace.
+func (c call) checkTarget(ctx context.Context, l map[string]string) error {
+	target := l[LabelSnapshotRef]
+	if target == "" {
+		return nil
+	}
+	if err := c.checkKeys(target); err != nil {
+		return err
+	}
+	_, err := c.sn.Stat(ctx, c.key(target))
+	switch {
+	case err == nil:
+		return fmt.Errorf("target snapshot %q: %w", target, errdefs.ErrAlreadyExists)
+	case errdefs.IsNotFound(err):
+		return nil
+	default:
+		return c.err(fmt.Errorf("target snapshot %q: %w", target, err))
+	}
+}
+
 func withLabels(l map[string]string) []snapshotter.Opt {
 	if len(l) == 0 {
 		return nil
@@ -178,6 +209,14 @@ func (s *Snapshots) Prepare(ctx context.Context, req *snapshotsapi.PrepareSnapsh
 	if err := c.checkRequest(req.Labels, req.Key, req.Parent); err != nil {
 		return nil, err
 	}
+	done, err := s.write(ctx, c, req.Labels, true, req.Key, req.Parent)
+	if err != nil {
+		return nil, err
+	}
+	defer done()
+	if err := c.checkTarget(ctx, req.Labels); err != nil {
+		return nil, s.heldTarget(ctx, c, req.Labels, err)
+	}
 	ms, err := c.sn.Prepare(ctx, c.key(req.Key), c.key(req.Parent), withLabels(req.Labels)...)
 	if err != nil {
 		return nil, c.err(err)
@@ -198,6 +237,14 @@ func (s *Snapshots) View(ctx context.Context, req *snapshotsapi.ViewSnapshotRequ
 	if err := c.checkRequest(req.Labels, req.Key, req.Parent); err != nil {
 		return nil, err
 	}
+	done, err := s.write(ctx, c, req.Labels, true, req.Key, req.Parent)
+	if err != nil {
+		return nil, err
+	}
+	defer done()
+	if err := c.checkTarget(ctx, req.Labels); err != nil {
+		return nil, s.heldTarget(ctx, c, req.Labels, err)
+	}
 	ms, err := c.sn.View(ctx, c.key(req.Key), c.key(req.Parent), withLabels(req.Labels)...)
 	if err != nil {
 		return nil, c.err(err)
@@ -214,6 +261,7 @@ func (s *Snapshots) Mounts(ctx context.Context, req *snapshotsapi.MountsRequest)
 	if err := c.checkKeys(req.Key); err != nil {
 		return nil, err
 	}
+	s.touch(c, req.Key)
 	ms, err := c.sn.Mounts(ctx, c.key(req.Key))
 	if err != nil {
 		return nil, c.err(err)
@@ -233,6 +281,11 @@ func (s *Snapshots) Commit(ctx context.Context, req *snapshotsapi.CommitSnapshot
 	if err := c.checkRequest(req.Labels, req.Name, req.Key); err != nil {
 		return nil, err
 	}
+	done, err := s.write(ctx, c, req.Labels, true, req.Name, req.Key)
+	if err != nil {
+		return nil, err
+	}
+	defer done()
 	if err := c.sn.Commit(ctx, c.key(req.Name), c.key(req.Key), withLabels(req.Labels)...); err != nil {
 		return nil, c.err(err)
 	}
@@ -265,6 +318,7 @@ func (s *Snapshots) Stat(ctx context.Context, req *snapshotsapi.StatSnapshotRequ
 	if err := c.checkKeys(req.Key); err != nil {
 		return nil, err
 	}
+	s.touch(c, req.Key)
 	in, err := c.sn.Stat(ctx, c.key(req.Key))
 	if err != nil {
 		return nil, c.err(err)
@@ -284,6 +338,11 @@ func (s *Snapshots) Update(ctx context.Context, req *snapshotsapi.UpdateSnapshot
 	if err := c.checkRequest(req.Info.Labels, req.Info.Name); err != nil {
 		return nil, err
 	}
+	done, err := s.write(ctx, c, req.Info.Labels, false, req.Info.Name)
+	if err != nil {
+		return nil, err
+	}
+	defer done()
 	in := sdk.InfoFromProto(req.Info)
 	in.Name = c.key(in.Name)
 	out, err := c.sn.Update(ctx, in, req.GetUpdateMask().GetPaths()...)

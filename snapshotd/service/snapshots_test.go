@@ -236,6 +236,47 @@ func TestRequests(t *testing.T) {
 	})
 }
 
+func TestSnapshotRef(t *testing.T) {
+	c, rec := serve(t)
+	ctx := ns("default")
+	ref := map[string]string{LabelSnapshotRef: "sha256:layer"}
+	if _, err := c.Prepare(ctx, &snapshotsapi.PrepareSnapshotRequest{Snapshotter: "native", Key: "extract-1", Labels: ref}); err != nil {
+		t.Fatalf("prepare with a ref to a snapshot not there yet: %v", err)
+	}
+	if _, err := c.Commit(ctx, &snapshotsapi.CommitSnapshotRequest{Snapshotter: "native", Key: "extract-1", Name: "sha256:layer", Labels: ref}); err != nil {
+		t.Fatal(err)
+	}
+	rec.mu.Lock()
+	published := len(rec.topics)
+	rec.mu.Unlock()
+
+	t.Run("prepare naming a committed snapshot is AlreadyExists and creates nothing", func(t *testing.T) {
+		_, err := c.Prepare(ctx, &snapshotsapi.PrepareSnapshotRequest{Snapshotter: "native", Key: "extract-2", Labels: ref})
+		if !errdefs.IsAlreadyExists(errgrpc.ToNative(err)) || !strings.Contains(err.Error(), `"sha256:layer"`) {
+			t.Fatalf("err = %v, want AlreadyExists naming the target", err)
+		}
+		if _, err := c.Stat(ctx, &snapshotsapi.StatSnapshotRequest{Snapshotter: "native", Key: "extract-2"}); !errdefs.IsNotFound(errgrpc.ToNative(err)) {
+			t.Fatalf("stat extract-2: %v, want NotFound", err)
+		}
+		rec.mu.Lock()
+		defer rec.mu.Unlock()
+		if len(rec.topics) != published {
+			t.Fatalf("events published: %v", rec.topics[published:])
+		}
+	})
+	t.Run("view naming a committed snapshot is AlreadyExists", func(t *testing.T) {
+		_, err := c.View(ctx, &snapshotsapi.ViewSnapshotRequest{Snapshotter: "native", Key: "view-1", Labels: ref})
+		if !errdefs.IsAlreadyExists(errgrpc.ToNative(err)) {
+			t.Fatalf("err = %v, want AlreadyExists", err)
+		}
+	})
+	t.Run("the ref is looked up in the caller's namespace only", func(t *testing.T) {
+		if _, err := c.Prepare(ns("other"), &snapshotsapi.PrepareSnapshotRequest{Snapshotter: "native", Key: "extract-1", Labels: ref}); err != nil {
+			t.Fatalf("prepare in another namespace: %v", err)
+		}
+	})
+}
+
 func containsStr(s, sub string) bool { return strings.Contains(s, sub) }
 
 func TestLimits(t *testing.T) {

@@ -137,8 +137,9 @@ type Snapshotter interface {
 	View(ctx context.Context, key, parent string, opts ...Opt) ([]Mount, error)
 
 	// Commit turns active snapshot key into committed snapshot name,
-	// keeping its parent and labels (opts may add labels). key no longer
-	// exists afterwards. NotFound if key does not exist; FailedPrecondition
+	// keeping its parent and labels (opts may add labels); its Created and
+	// Updated times are the time of the commit. key no longer exists
+	// afterwards. NotFound if key does not exist; FailedPrecondition
 	// if key is not active; AlreadyExists if name is taken. The caller must
 	// have unmounted key's mounts.
 	Commit(ctx context.Context, name, key string, opts ...Opt) error

@@ -13,6 +13,7 @@ import (
 	"sort"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/containerd/errdefs"
 	"golang.org/x/sys/unix"
@@ -68,6 +69,7 @@ var cases = []testCase{
 	{name: "stat of an unknown key is NotFound", run: testStatUnknown},
 	{name: "stat reports kind, parent and labels", run: testStatKinds},
 	{name: "commit turns an active snapshot into a committed one", run: testCommit},
+	{name: "a committed snapshot is created and updated when it is committed", run: testCommitTimes},
 	{name: "commit of a view or a committed snapshot is FailedPrecondition", run: testCommitNotActive},
 	{name: "commit of an unknown key is NotFound", run: testCommitUnknown},
 	{name: "commit onto a taken name is AlreadyExists and keeps the active", run: testCommitTaken},
@@ -243,6 +245,23 @@ func testCommit(t *testing.T, ctx context.Context, s snapshotter.Snapshotter, _ 
 	}
 	if info.Kind != snapshotter.KindCommitted || info.Parent != "base" {
 		t.Fatalf("committed = %+v, want committed with parent base", info)
+	}
+}
+
+func testCommitTimes(t *testing.T, ctx context.Context, s snapshotter.Snapshotter, _ func() snapshotter.Snapshotter) {
+	prepare(t, ctx, s, "a", "")
+	before := time.Now()
+	commit(t, ctx, s, "base", "a")
+	after := time.Now()
+	info, err := s.Stat(ctx, "base")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.Created.Before(before) || info.Created.After(after) {
+		t.Errorf("created %s, want the commit's time, between %s and %s", info.Created, before, after)
+	}
+	if !info.Updated.Equal(info.Created) {
+		t.Errorf("updated %s, want the created time %s", info.Updated, info.Created)
 	}
 }
 

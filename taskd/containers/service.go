@@ -3,6 +3,7 @@ package containers
 import (
 	"context"
 	"fmt"
+	"github.com/flotilla/flotilla/services/logging"
 	"log/slog"
 
 	eventsapi "github.com/containerd/containerd/api/events"
@@ -35,7 +36,12 @@ type Service struct {
 	tasks     TaskChecker
 	publisher events.Publisher
 	log       *slog.Logger
+	deleted   func(context.Context) // nil: nobody is told of deletions
 }
+
+// OnDelete has deleted called after each container is deleted, to schedule
+// the garbage collection that frees its snapshot. Call it before serving.
+func (s *Service) OnDelete(deleted func(context.Context)) { s.deleted = deleted }
 
 // NewService returns the Containers service over store. A container whose
 // task tasks says exists cannot be deleted (FailedPrecondition), as
@@ -124,11 +130,14 @@ func (s *Service) Delete(ctx context.Context, req *api.DeleteContainerRequest) (
 		return nil, err
 	}
 	s.publish(ctx, TopicDelete, &eventsapi.ContainerDelete{ID: req.GetID()})
+	if s.deleted != nil {
+		s.deleted(ctx)
+	}
 	return &emptypb.Empty{}, nil
 }
 
 func (s *Service) publish(ctx context.Context, topic string, event any) {
 	if err := s.publisher.Publish(ctx, topic, event); err != nil {
-		s.log.Warn("publish event", "topic", topic, "error", err)
+		logging.Or(ctx, s.log).Warn("publish event", "topic", topic, "error", err)
 	}
 }

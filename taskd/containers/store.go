@@ -18,6 +18,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/flotilla/flotilla/services/filters"
+	"github.com/flotilla/flotilla/services/gc"
 	"github.com/flotilla/flotilla/services/identifiers"
 	"github.com/flotilla/flotilla/services/labels"
 	"github.com/flotilla/flotilla/services/namespace"
@@ -57,9 +58,75 @@ type Store interface {
 
 // BoltStore is the Store in taskd's metadata database.
 type BoltStore struct {
-	db  *bolt.DB
-	now func() time.Time
+	db      *bolt.DB
+	now     func() time.Time
+	tracker *gc.Tracker // nil outside garbage collection
 }
+
+// SetTracker makes the store report its writes and lookups to t, the
+// tracker of contentd's garbage collection. Call it before the store is used.
+func (s *BoltStore) SetTracker(t *gc.Tracker) { s.tracker = t }
+
+// references names what container c keeps alive: its snapshot, its image
+// and what its labels reference.
+func references(ns string, c *api.Container) []gc.Ref {
+	refs := gc.LabelRefs(ns, c.GetLabels())
+	if c.GetSnapshotKey() != "" && c.GetSnapshotter() != "" {
+		refs = append(refs, gc.Snapshot(ns, c.GetSnapshotter(), c.GetSnapshotKey()))
+	}
+	if c.GetImage() != "" {
+		refs = append(refs, gc.Image(ns, c.GetImage()))
+	}
+	return refs
+}
+
+// GCSource is taskd's part in garbage collection: containers are roots,
+// and keep their snapshot and what their labels name alive. taskd never
+// removes a container for the collector.
+type GCSource struct{ store *BoltStore }
+
+// NewGCSource returns taskd's gc.Source over store.
+func NewGCSource(store *BoltStore) *GCSource { return &GCSource{store: store} }
+
+// Mark implements gc.Source.
+func (g *GCSource) Mark(ctx context.Context, fn func(gc.Graph) error) error {
+	var graph gc.Graph
+	err := g.store.db.View(func(tx *bolt.Tx) error {
+		return metadata.ForEachNamespace(tx, func(ns string, b *bolt.Bucket) error {
+			cb := b.Bucket(metadata.BucketContainers)
+			if cb == nil {
+				return nil
+			}
+			return cb.ForEach(func(k, _ []byte) error {
+				c, err := read(cb, ns, string(k))
+				if err != nil {
+					return err
+				}
+				ref := gc.Container(ns, c.GetID())
+				graph.Objects = append(graph.Objects, gc.Object{Ref: ref, Root: true})
+				// As containerd: its snapshot and gc.ref labels, not its
+				// image (an image is a root until it expires or goes).
+				for _, to := range gc.LabelRefs(ns, c.GetLabels()) {
+					graph.Edges = append(graph.Edges, gc.Edge{From: ref, To: to})
+				}
+				if c.GetSnapshotKey() != "" && c.GetSnapshotter() != "" {
+					graph.Edges = append(graph.Edges, gc.Edge{From: ref, To: gc.Snapshot(ns, c.GetSnapshotter(), c.GetSnapshotKey())})
+				}
+				for _, parent := range gc.LabelBackRefs(ns, c.GetLabels()) {
+					graph.Edges = append(graph.Edges, gc.Edge{From: parent, To: ref})
+				}
+				return nil
+			})
+		})
+	})
+	if err != nil {
+		return err
+	}
+	return fn(graph)
+}
+
+// Remove implements gc.Source; containers are roots, so nothing is asked.
+func (g *GCSource) Remove(context.Context, []gc.Ref) ([]gc.Removed, error) { return nil, nil }
 
 // NewStore returns the container store kept in db (see package metadata).
 func NewStore(db *bolt.DB) *BoltStore {
@@ -127,6 +194,8 @@ func (s *BoltStore) Create(ctx context.Context, c *api.Container) (*api.Containe
 	now := timestamppb.New(s.now())
 	rec.CreatedAt, rec.UpdatedAt = now, now
 	dropEmpty(rec)
+	done := s.tracker.Write(append(references(ns, rec), gc.Container(ns, rec.GetID()))...)
+	defer done()
 	err = s.db.Update(func(tx *bolt.Tx) error {
 		b, err := metadata.CreateStoreBucket(tx, ns, metadata.BucketContainers)
 		if err != nil {
@@ -152,6 +221,9 @@ func (s *BoltStore) Update(ctx context.Context, c *api.Container, fieldpaths ...
 	if c.GetID() == "" {
 		return nil, fmt.Errorf("container id is required: %w", errdefs.ErrInvalidArgument)
 	}
+	// What the update may reference is in c.
+	done := s.tracker.Write(append(references(ns, c), gc.Container(ns, c.GetID()))...)
+	defer done()
 	var updated *api.Container
 	err = s.db.Update(func(tx *bolt.Tx) error {
 		b := metadata.StoreBucket(tx, ns, metadata.BucketContainers)

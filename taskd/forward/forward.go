@@ -28,6 +28,7 @@ import (
 
 	"github.com/flotilla/flotilla/services/dial"
 	"github.com/flotilla/flotilla/services/events"
+	"github.com/flotilla/flotilla/services/tracing"
 )
 
 // Sink takes an event forwarded by a shim.
@@ -64,8 +65,9 @@ func (t ttrpcService) Forward(ctx context.Context, req *ttrpcevents.ForwardReque
 }
 
 // ServeTTRPC serves containerd's ttrpc Events service (Forward) on the unix
-// socket path, replacing a stale socket. Call the returned function to stop.
-func ServeTTRPC(path string, sink Sink) (func(), error) {
+// socket path, replacing a stale socket, tracing each call with tp (nil:
+// off). Call the returned function to stop.
+func ServeTTRPC(path string, sink Sink, tp *tracing.Provider) (func(), error) {
 	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("ttrpc socket %s: %w", path, err)
 	}
@@ -73,7 +75,7 @@ func ServeTTRPC(path string, sink Sink) (func(), error) {
 	if err != nil {
 		return nil, fmt.Errorf("ttrpc listen on %s: %w", path, err)
 	}
-	srv, err := ttrpc.NewServer()
+	srv, err := ttrpc.NewServer(ttrpc.WithUnaryServerInterceptor(tp.TTRPCServerInterceptor()))
 	if err != nil {
 		l.Close()
 		return nil, fmt.Errorf("ttrpc server: %w", err)

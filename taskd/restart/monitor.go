@@ -82,6 +82,7 @@ func New(cfg Config) *Monitor {
 // interval is also the least time between two restarts of a container that
 // keeps failing.
 func (m *Monitor) Run(ctx context.Context) {
+	m.resetAlwaysExplicitlyStopped(ctx)
 	t := time.NewTimer(0)
 	defer t.Stop()
 	for {
@@ -94,6 +95,40 @@ func (m *Monitor) Run(ctx context.Context) {
 			m.cfg.Log.Error("restart monitor", "error", err)
 		}
 		t.Reset(m.cfg.Interval)
+	}
+}
+
+// resetAlwaysExplicitlyStopped clears, once as the monitor starts, the
+// explicitly-stopped label of every container whose policy is "always", as
+// containerd's monitor does: such a container stopped by hand stays down
+// until the daemon restarts, then comes back.
+func (m *Monitor) resetAlwaysExplicitlyStopped(ctx context.Context) {
+	nss, err := m.cfg.Namespaces(ctx)
+	if err != nil {
+		m.cfg.Log.Error("restart monitor: list namespaces", "error", err)
+		return
+	}
+	for _, ns := range nss {
+		ctx := namespace.WithNamespace(ctx, ns)
+		resp, err := m.cfg.Containers.List(ctx, &containersapi.ListContainersRequest{Filters: []string{fmt.Sprintf("labels.%q", StatusLabel)}})
+		if err != nil {
+			m.cfg.Log.Error("restart monitor: list containers", "namespace", ns, "error", err)
+			continue
+		}
+		for _, c := range resp.GetContainers() {
+			labels := c.GetLabels()
+			p, err := ParsePolicy(labels[PolicyLabel])
+			if stopped, _ := strconv.ParseBool(labels[ExplicitlyStoppedLabel]); err != nil || p.Name != "always" || !stopped {
+				continue
+			}
+			_, err = m.cfg.Containers.Update(ctx, &containersapi.UpdateContainerRequest{
+				Container:  &containersapi.Container{ID: c.GetID(), Labels: map[string]string{ExplicitlyStoppedLabel: "false"}},
+				UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"labels." + ExplicitlyStoppedLabel}},
+			})
+			if err != nil {
+				m.cfg.Log.Error("restart monitor: reset the explicitly-stopped label", "namespace", ns, "container", c.GetID(), "error", err)
+			}
+		}
 	}
 }
 

@@ -82,8 +82,14 @@ func ParsePolicy(s string) (Policy, error) {
 }
 
 // ShouldRestart reports whether a container with labels whose task ended
-// with exitStatus (0 when there is no task) is to be restarted.
+// with exitStatus (0 when there is no task) is to be restarted. As in
+// containerd, a container labelled explicitly stopped is not, whatever its
+// policy (the monitor clears that label of "always" containers when it
+// starts, so they come back after a restart of the daemon).
 func ShouldRestart(labels map[string]string, exitStatus uint32) (bool, error) {
+	if stopped, _ := strconv.ParseBool(labels[ExplicitlyStoppedLabel]); stopped {
+		return false, nil
+	}
 	p, err := ParsePolicy(labels[PolicyLabel])
 	if err != nil {
 		return false, err
@@ -100,8 +106,7 @@ func ShouldRestart(labels map[string]string, exitStatus uint32) (bool, error) {
 		}
 		return exitStatus != 0 && (p.MaxRetries == 0 || count < p.MaxRetries), nil
 	case "unless-stopped":
-		stopped, _ := strconv.ParseBool(labels[ExplicitlyStoppedLabel])
-		return !stopped, nil
+		return true, nil
 	}
 	return false, nil // no
 }

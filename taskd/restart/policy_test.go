@@ -55,6 +55,9 @@ func TestShouldRestart(t *testing.T) {
 		{"on-failure with a bad count", map[string]string{PolicyLabel: "on-failure", CountLabel: "x"}, 3, false},
 		{"unless-stopped", map[string]string{PolicyLabel: "unless-stopped"}, 0, true},
 		{"unless-stopped, explicitly stopped", map[string]string{PolicyLabel: "unless-stopped", ExplicitlyStoppedLabel: "true"}, 0, false},
+		{"always, explicitly stopped", map[string]string{PolicyLabel: "always", ExplicitlyStoppedLabel: "true"}, 0, false},
+		{"on-failure, explicitly stopped", map[string]string{PolicyLabel: "on-failure", ExplicitlyStoppedLabel: "true"}, 1, false},
+		{"always, explicitly stopped false", map[string]string{PolicyLabel: "always", ExplicitlyStoppedLabel: "false"}, 0, true},
 		{"an unknown policy does not restart", map[string]string{PolicyLabel: "sometimes"}, 1, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -24,6 +24,7 @@ import (
 	"github.com/flotilla/flotilla/services/events"
 	"github.com/flotilla/flotilla/services/identifiers"
 	"github.com/flotilla/flotilla/services/namespace"
+	"github.com/flotilla/flotilla/services/tracing"
 )
 
 // Task event topics, as containerd names them.
@@ -53,6 +54,13 @@ type Config struct {
 	Events events.Publisher
 	// Log receives the shims' logs and taskd's troubles with them.
 	Log *slog.Logger
+	// Tracing is taskd's: its calls to the shims are traced with it, and
+	// the shims it starts trace to the same collector (nil: off).
+	Tracing *tracing.Provider
+	// ShimSockets are the directories shims make their sockets in
+	// (<FLOTILLA_STATE>/s); Load removes the sockets there that no shim
+	// serves, left by shims killed before a bundle named them.
+	ShimSockets []string
 }
 
 // Manager runs tasks through shims and keeps track of them. Tasks are
@@ -223,7 +231,8 @@ func checkMounts(mounts []*types.Mount) error {
 }
 
 func (m *Manager) shimCommand(binary string) shimCommand {
-	return shimCommand{binary: binary, address: m.cfg.Address, ttrpcAddress: m.cfg.TTRPCAddress, publisher: m.cfg.PublishBinary}
+	return shimCommand{binary: binary, address: m.cfg.Address, ttrpcAddress: m.cfg.TTRPCAddress, publisher: m.cfg.PublishBinary,
+		env: m.cfg.Tracing.Env()}
 }
 
 // Get returns the task of container id, or NotFound.
@@ -369,7 +378,31 @@ func (m *Manager) Load(ctx context.Context) error {
 			m.load(ctx, &bundle{ns: ns, id: d.Name(), path: filepath.Join(m.cfg.State, ns, d.Name())})
 		}
 	}
+	m.removeStaleSockets()
 	return nil
+}
+
+// removeStaleSockets removes the shim sockets nobody serves: a shim killed
+// with SIGKILL cannot remove its own. Those of the shims just adopted
+// answer, and stay.
+func (m *Manager) removeStaleSockets() {
+	for _, dir := range m.cfg.ShimSockets {
+		entries, err := os.ReadDir(dir)
+		if err != nil {
+			if !errors.Is(err, os.ErrNotExist) {
+				m.cfg.Log.Warn("look for stale shim sockets", "dir", dir, "error", err)
+			}
+			continue
+		}
+		for _, e := range entries {
+			if e.Type()&os.ModeSocket == 0 {
+				continue
+			}
+			if path := filepath.Join(dir, e.Name()); removeIfUnserved(path) {
+				m.cfg.Log.Info("removed the socket of a dead shim", "socket", path)
+			}
+		}
+	}
 }
 
 func (m *Manager) load(ctx context.Context, b *bundle) {

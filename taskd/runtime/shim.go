@@ -22,6 +22,8 @@ import (
 	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
+
+	"github.com/flotilla/flotilla/services/tracing"
 )
 
 // ttrpcNamespaceKey is the ttrpc metadata key containerd sends the namespace in.
@@ -35,10 +37,11 @@ const shimStartTimeout = 30 * time.Second
 // binary to publish events with, the bundle as working directory, and
 // TTRPC_ADDRESS in the environment for shims that publish over ttrpc.
 type shimCommand struct {
-	binary       string // the shim
-	address      string // taskd's gRPC address
-	ttrpcAddress string // taskd's ttrpc events address
-	publisher    string // taskd's own binary, for `taskd publish`
+	binary       string   // the shim
+	address      string   // taskd's gRPC address
+	ttrpcAddress string   // taskd's ttrpc events address
+	publisher    string   // taskd's own binary, for `taskd publish`
+	env          []string // more of the shim's environment (taskd's collector)
 }
 
 func (c shimCommand) cmd(ctx context.Context, b *bundle, args ...string) *exec.Cmd {
@@ -51,6 +54,7 @@ func (c shimCommand) cmd(ctx context.Context, b *bundle, args ...string) *exec.C
 		"NAMESPACE="+b.ns,
 		"GOMAXPROCS=2",
 	)
+	cmd.Env = append(cmd.Env, c.env...)
 	return cmd
 }
 
@@ -134,7 +138,7 @@ type shimConn struct {
 
 // connect dials a shim at address ("unix:///path") and starts copying its
 // log FIFO (in the bundle) to log. onClose runs when the connection drops.
-func connect(ctx context.Context, b *bundle, address string, log *slog.Logger, onClose func()) (*shimConn, error) {
+func connect(ctx context.Context, b *bundle, address string, log *slog.Logger, tp *tracing.Provider, onClose func()) (*shimConn, error) {
 	path, ok := strings.CutPrefix(address, "unix://")
 	if !ok {
 		return nil, fmt.Errorf("shim address %q: only unix sockets are supported: %w", address, errdefs.ErrNotImplemented)
@@ -148,7 +152,7 @@ func connect(ctx context.Context, b *bundle, address string, log *slog.Logger, o
 	}
 	var once sync.Once
 	closed := make(chan struct{})
-	client := ttrpc.NewClient(conn, ttrpc.WithOnClose(func() {
+	client := ttrpc.NewClient(conn, ttrpc.WithUnaryClientInterceptor(tp.TTRPCClientInterceptor()), ttrpc.WithOnClose(func() {
 		once.Do(func() {
 			close(closed)
 			onClose()
@@ -189,19 +193,47 @@ func copyLogs(b *bundle, log *slog.Logger) *os.File {
 		s := bufio.NewScanner(f)
 		s.Buffer(make([]byte, 64<<10), 1<<20)
 		for s.Scan() {
-			line := s.Text()
-			lower := strings.ToLower(line)
-			switch {
-			case strings.Contains(lower, "level=error"), strings.Contains(lower, "level=fatal"), strings.Contains(lower, `"level":"error"`):
-				log.Error("shim: " + line)
-			case strings.Contains(lower, "level=warn"), strings.Contains(lower, `"level":"warn`):
-				log.Warn("shim: " + line)
-			default:
-				log.Debug("shim: " + line)
-			}
+			logShimLine(log, s.Bytes())
 		}
 	}()
 	return f
+}
+
+// logShimLine logs one line of a shim's log. taskd-shim writes slog JSON
+// lines, which keep their level, message and fields; other lines (another
+// shim's, runc's) are quoted, at the level they seem to name.
+func logShimLine(log *slog.Logger, line []byte) {
+	var rec map[string]any
+	if json.Unmarshal(line, &rec) == nil {
+		if msg, ok := rec[slog.MessageKey].(string); ok {
+			var level slog.Level
+			if l, ok := rec[slog.LevelKey].(string); !ok || level.UnmarshalText([]byte(l)) != nil {
+				level = slog.LevelInfo
+			}
+			attrs := make([]any, 0, 2*len(rec)+2)
+			attrs = append(attrs, "source", "shim")
+			for k, v := range rec {
+				switch k {
+				case slog.MessageKey, slog.LevelKey, slog.TimeKey, "namespace":
+					// taskd's own logger names the namespace already.
+				default:
+					attrs = append(attrs, k, v)
+				}
+			}
+			log.Log(context.Background(), level, msg, attrs...)
+			return
+		}
+	}
+	text := string(line)
+	lower := strings.ToLower(text)
+	switch {
+	case strings.Contains(lower, "level=error"), strings.Contains(lower, "level=fatal"), strings.Contains(lower, `"level":"error"`):
+		log.Error("shim: " + text)
+	case strings.Contains(lower, "level=warn"), strings.Contains(lower, `"level":"warn`):
+		log.Warn("shim: " + text)
+	default:
+		log.Debug("shim: " + text)
+	}
 }
 
 // call runs one shim call with the namespace in ttrpc metadata and turns
@@ -236,15 +268,21 @@ func removeDeadSocket(b *bundle) {
 	if !ok {
 		return
 	}
+	removeIfUnserved(path)
+}
+
+// removeIfUnserved removes the socket at path when nothing answers on it,
+// and reports whether it did.
+func removeIfUnserved(path string) bool {
 	fi, err := os.Lstat(path)
 	if err != nil || fi.Mode()&os.ModeSocket == 0 {
-		return
+		return false
 	}
 	if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
 		c.Close() // someone still serves it
-		return
+		return false
 	}
-	os.Remove(path)
+	return os.Remove(path) == nil
 }
 
 // peerPid is the pid of the process at the other end of a unix socket

@@ -49,7 +49,7 @@ func (t *Task) key() string { return t.ns + "/" + t.id }
 
 // attach connects to the shim at address.
 func (t *Task) attach(ctx context.Context, address string) error {
-	conn, err := connect(ctx, t.bundle, address, t.m.cfg.Log.With("namespace", t.ns, "container", t.id), func() {
+	conn, err := connect(ctx, t.bundle, address, t.m.cfg.Log.With("namespace", t.ns, "container", t.id), t.m.cfg.Tracing, func() {
 		go t.connClosed()
 	})
 	if err != nil {

@@ -56,7 +56,9 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/flotilla/flotilla/services/logging"
 	"github.com/flotilla/flotilla/services/mount"
+	"github.com/flotilla/flotilla/services/tracing"
 	"github.com/flotilla/flotilla/taskd/shim/publish"
 	"github.com/flotilla/flotilla/taskd/shim/reaper"
 	"github.com/flotilla/flotilla/taskd/shim/task"
@@ -287,7 +289,18 @@ func serve(f flags) error {
 	if err != nil {
 		return fmt.Errorf("inherited socket: %w", err)
 	}
-	srv, err := ttrpc.NewServer(ttrpc.WithUnaryServerInterceptor(errorsToStatus))
+	// Traced when taskd (or whoever started the shim) set the collector in
+	// the environment; the span is outermost, so it sees the status code.
+	tp, err := tracing.Init(context.Background(), "taskd-shim", "")
+	if err != nil {
+		logger.Warn("tracing off", "error", err)
+	}
+	defer func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		_ = tp.Shutdown(ctx)
+	}()
+	srv, err := ttrpc.NewServer(ttrpc.WithChainUnaryServerInterceptor(tp.TTRPCServerInterceptor(), errorsToStatus))
 	if err != nil {
 		return fmt.Errorf("ttrpc server: %w", err)
 	}
@@ -348,7 +361,11 @@ func openLog(f flags) *slog.Logger {
 	} else if lf, err := os.OpenFile(filepath.Join(f.bundle, logFile), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600); err == nil {
 		w = lf
 	}
-	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: level}))
+	// JSON lines: taskd reads them back into its own log with their level
+	// and fields. ttrpc's and go-runc's logrus is bridged into the same.
+	log := slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: level}))
+	logging.BridgeLogrus(log)
+	return log
 }
 
 // deleteCommand cleans up after a shim that is gone.

@@ -5,6 +5,7 @@ package tasks
 import (
 	"context"
 	"fmt"
+	"github.com/flotilla/flotilla/services/logging"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -160,7 +161,7 @@ func (s *Service) List(ctx context.Context, _ *api.ListTasksRequest) (*api.ListT
 		p, err := process(ctx, t, "")
 		if err != nil {
 			if !errdefs.IsNotFound(err) {
-				s.log.Warn("list tasks: state", "container", t.ID(), "error", err)
+				logging.Or(ctx, s.log).Warn("list tasks: state", "container", t.ID(), "error", err)
 			}
 			continue
 		}
@@ -313,7 +314,7 @@ func (s *Service) Checkpoint(ctx context.Context, req *api.CheckpointTaskRequest
 	}
 	defer func() {
 		if err := os.RemoveAll(dir); err != nil {
-			s.log.Warn("checkpoint: remove image directory", "dir", dir, "error", err)
+			logging.Or(ctx, s.log).Warn("checkpoint: remove image directory", "dir", dir, "error", err)
 		}
 	}()
 	if err := t.Checkpoint(ctx, dir, req.GetOptions()); err != nil {
@@ -372,7 +373,7 @@ func (s *Service) Metrics(ctx context.Context, req *api.MetricsRequest) (*api.Me
 		stats, err := t.Stats(ctx)
 		if err != nil {
 			if !errdefs.IsNotFound(err) && !errdefs.IsFailedPrecondition(err) {
-				s.log.Warn("metrics", "container", t.ID(), "error", err)
+				logging.Or(ctx, s.log).Warn("metrics", "container", t.ID(), "error", err)
 			}
 			continue
 		}

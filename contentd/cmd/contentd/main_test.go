@@ -21,6 +21,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/protobuf/types/known/emptypb"
 
+	contentd "github.com/flotilla/flotilla/contentd/daemon"
 	"github.com/flotilla/flotilla/contentd/internal/testserver"
 	"github.com/flotilla/flotilla/services/daemon"
 	"github.com/flotilla/flotilla/services/namespace"
@@ -35,8 +36,7 @@ func start(t *testing.T, dir string, args ...string) (string, func()) {
 		"--state", filepath.Join(dir, "state"), "--log-level", "error"}, args...)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	var cfg contentdConfig
-	go func() { done <- daemon.Run(ctx, spec(&cfg), args) }()
+	go func() { done <- daemon.Run(ctx, contentd.Spec(new(contentd.Config)), args) }()
 	var once sync.Once
 	stop := func() {
 		once.Do(func() {

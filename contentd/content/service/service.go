@@ -21,6 +21,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/flotilla/flotilla/contentd/content"
+	"github.com/flotilla/flotilla/services/contentclient"
 	"github.com/flotilla/flotilla/services/events"
 )
 
@@ -39,16 +40,37 @@ var readBuffers = sync.Pool{New: func() any { b := make([]byte, readChunk); retu
 // Service is the Content API over a store.
 type Service struct {
 	api.UnimplementedContentServer
-	store content.Store
-	pub   events.Publisher
+	store    content.Store
+	pub      events.Publisher
+	follower Follower
 }
 
+// Follower reads blobs that are still being fetched.
+type Follower interface {
+	// Follow returns a reader of blob dgst of the context's namespace from
+	// offset on, while a transfer of the namespace fetches it: reads wait
+	// for bytes as they arrive and the reader ends at the blob's end. A
+	// blob nobody fetches for the namespace is NotFound.
+	Follow(ctx context.Context, dgst digest.Digest, offset int64) (io.ReadCloser, error)
+}
+
+// Option changes a Service.
+type Option func(*Service)
+
+// WithFollower serves Reads that ask to follow (contentclient.FollowKey)
+// a blob the namespace does not have yet through f.
+func WithFollower(f Follower) Option { return func(s *Service) { s.follower = f } }
+
 // New returns the Content service of store, announcing deletions to pub.
-func New(store content.Store, pub events.Publisher) *Service {
+func New(store content.Store, pub events.Publisher, opts ...Option) *Service {
 	if pub == nil {
 		pub = events.Discard{}
 	}
-	return &Service{store: store, pub: pub}
+	s := &Service{store: store, pub: pub}
+	for _, o := range opts {
+		o(s)
+	}
+	return s
 }
 
 // Register serves s on srv.
@@ -159,6 +181,9 @@ func (s *Service) Read(req *api.ReadContentRequest, stream api.Content_ReadServe
 		return err
 	}
 	ra, err := s.store.ReaderAt(stream.Context(), dgst)
+	if errdefs.IsNotFound(err) && s.follower != nil && contentclient.FollowAsked(stream.Context()) {
+		return s.readFollowing(req, stream, dgst)
+	}
 	if err != nil {
 		return err
 	}
@@ -189,6 +214,44 @@ func (s *Service) Read(req *api.ReadContentRequest, stream api.Content_ReadServe
 		}
 		offset += int64(k)
 		n -= int64(k)
+	}
+	return nil
+}
+
+// readFollowing answers a Read of a blob still being fetched, each chunk as
+// it arrives.
+func (s *Service) readFollowing(req *api.ReadContentRequest, stream api.Content_ReadServer, dgst digest.Digest) error {
+	offset := max(req.GetOffset(), 0)
+	r, err := s.follower.Follow(stream.Context(), dgst, offset)
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+	n := req.GetSize() // 0: to the end
+	bp := readBuffers.Get().(*[]byte)
+	defer readBuffers.Put(bp)
+	for req.GetSize() <= 0 || n > 0 {
+		buf := *bp
+		if req.GetSize() > 0 {
+			buf = buf[:min(n, int64(len(buf)))]
+		}
+		k, err := r.Read(buf)
+		if k > 0 {
+			if err := stream.Send(&api.ReadContentResponse{Offset: offset, Data: buf[:k]}); err != nil {
+				return err
+			}
+			offset += int64(k)
+			n -= int64(k)
+		}
+		if errors.Is(err, io.EOF) {
+			if req.GetSize() > 0 && n > 0 {
+				return fmt.Errorf("read %s at %d: past its end: %w", dgst, offset, errdefs.ErrOutOfRange)
+			}
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("read %s at %d: %w", dgst, offset, err)
+		}
 	}
 	return nil
 }

@@ -7,10 +7,9 @@ import (
 )
 
 // behind does, on a goroutine of its own and in order, the work an ingest
-// need not finish before it acknowledges a write: hashing the chunk,
+// need not finish before it acknowledges a write: hashing the chunk and
 // starting the disk writeback of what is written so that the fsync at
-// commit has little left to do, and preparing the file for the chunks to
-// come (prepare). Clients wait for each write's answer, so taking this work
+// commit has little left to do. Clients wait for each write's answer, so taking this work
 // off that path is what lets an ingest approach the speed of its slowest
 // step rather than the sum of them. The data itself reaches the ingest file
 // before the write is acknowledged, so nothing acknowledged is lost when
@@ -20,13 +19,6 @@ type behind struct {
 	f    *os.File
 	work chan chunk
 	busy sync.WaitGroup
-
-	// total is the size the ingest expects, 0 if unknown.
-	total int64
-	// prepared is the offset up to which the file is allocated and cached;
-	// noPrepare is set once the file system refuses to allocate ahead.
-	prepared  int64
-	noPrepare bool
 }
 
 type chunk struct {
@@ -47,18 +39,8 @@ const behindQueue = 4
 // writebackEvery is how much is written between two writeback starts.
 const writebackEvery = 8 << 20
 
-// An ingest that has written prepareAfter bytes has its file prepared up to
-// prepareAhead bytes past its end, prepareStep bytes at a time, and never
-// past the total it expects. Small blobs (manifests, configs) stay below
-// prepareAfter and cost no more than before.
-const (
-	prepareAfter = 4 << 20
-	prepareAhead = 32 << 20
-	prepareStep  = 8 << 20
-)
-
-func newBehind(h hash.Hash, f *os.File, total int64) *behind {
-	b := &behind{h: h, f: f, total: total, work: make(chan chunk, behindQueue)}
+func newBehind(h hash.Hash, f *os.File) *behind {
+	b := &behind{h: h, f: f, work: make(chan chunk, behindQueue)}
 	go func() {
 		for c := range b.work {
 			b.h.Write(c.p)
@@ -68,36 +50,10 @@ func newBehind(h hash.Hash, f *os.File, total int64) *behind {
 			if c.flushTo > c.flushFrom {
 				startWriteback(b.f, c.flushFrom, c.flushTo-c.flushFrom)
 			}
-			b.prepare(c.end)
 			b.busy.Done()
 		}
 	}()
 	return b
-}
-
-// prepare allocates the file's blocks ahead of the data's end and brings
-// their pages, zeroed, into the page cache, so that the next writes copy
-// into pages that exist. Allocating a page is most of a write's cost when
-// it is not done ahead, and far more on a virtual machine whose free memory
-// goes back to the host: doing it here moves it off the acknowledgement
-// path. The space past the data is given back when the writer closes.
-func (b *behind) prepare(end int64) {
-	b.prepared = max(b.prepared, end)
-	if b.noPrepare || end < prepareAfter {
-		return
-	}
-	limit := end + prepareAhead
-	if b.total > 0 {
-		limit = min(limit, b.total)
-	}
-	for b.prepared < limit {
-		n := min(prepareStep, limit-b.prepared)
-		if err := prepareRange(b.f, b.prepared, n); err != nil {
-			b.noPrepare = true // a write allocates for itself, as it would anyway
-			return
-		}
-		b.prepared += n
-	}
 }
 
 // add queues c. The caller must not change c.p afterwards.

@@ -21,14 +21,15 @@ import (
 	"github.com/flotilla/flotilla/contentd/content"
 	"github.com/flotilla/flotilla/contentd/metadata"
 	"github.com/flotilla/flotilla/services/filters"
+	"github.com/flotilla/flotilla/services/gc"
 	"github.com/flotilla/flotilla/services/namespace"
 )
 
 // An ingest directory holds:
 //
 //	state.json  what the ingest is (ingestState), written when it starts
-//	data        the bytes written so far, followed, while a writer works,
-//	            by space allocated ahead of it (see behind.prepare)
+//	data        the bytes written so far (after a crash, maybe more, which
+//	            written says to ignore)
 //	written     how many bytes of data are written and when they last
 //	            changed: 8 bytes of offset then 8 bytes of Unix nanoseconds,
 //	            big-endian, saved before each write is acknowledged. The time
@@ -52,6 +53,10 @@ type ingestState struct {
 	Expected  digest.Digest    `json:"expected,omitempty"`
 	Algorithm digest.Algorithm `json:"algorithm"`
 	StartedAt time.Time        `json:"startedAt"`
+	// Lease is the lease the ingest was started under, if any. As in
+	// containerd, such an ingest lives only as long as a lease holds it;
+	// one started without a lease lives until it goes idle.
+	Lease string `json:"lease,omitempty"`
 }
 
 // copyBuffer is the buffer size for re-hashing an ingest's data.
@@ -223,6 +228,25 @@ func (s *Store) ListStatuses(ctx context.Context, fs ...string) ([]content.Statu
 	return out, nil
 }
 
+// ReadIngest implements content.IngestReader.
+func (s *Store) ReadIngest(ctx context.Context, ref string) (content.IngestData, error) {
+	ns, err := namespace.Required(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := s.status(ns, ref); err != nil {
+		return nil, err
+	}
+	f, err := os.Open(filepath.Join(s.ingestDir(ns, ref), dataFile))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("ingest %q: %w", ref, errdefs.ErrNotFound)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read ingest %q: %w", ref, err)
+	}
+	return f, nil
+}
+
 // Abort implements content.IngestManager. As in containerd, an ingest that
 // a writer holds is removed all the same; that writer's Commit then fails.
 func (s *Store) Abort(ctx context.Context, ref string) error {
@@ -295,6 +319,12 @@ func (s *Store) Writer(ctx context.Context, ref string, total int64, expected di
 	}
 	total = max(total, 0)
 	lease, _ := namespace.LeaseFromContext(ctx)
+	touched := []gc.Ref{gc.Ingest(ns, ref)}
+	if expected != "" {
+		touched = append(touched, gc.Content(ns, expected.String()))
+	}
+	done := s.tracker.Write(touched...)
+	defer done()
 	if expected != "" {
 		if expected, err = parseDigest(expected); err != nil {
 			return nil, err
@@ -307,7 +337,7 @@ func (s *Store) Writer(ctx context.Context, ref string, total int64, expected di
 	if err := s.lock(dir, ref); err != nil {
 		return nil, err
 	}
-	w, err := s.open(ns, ref, dir, total, expected)
+	w, err := s.open(ns, ref, lease, dir, total, expected)
 	if err != nil {
 		s.unlock(dir)
 		return nil, err
@@ -368,7 +398,7 @@ func (s *Store) shareExisting(ns, lease string, total int64, dgst digest.Digest)
 
 // open creates ingest ref or resumes it, returning its writer positioned at
 // the end of what was written.
-func (s *Store) open(ns, ref, dir string, total int64, expected digest.Digest) (*writer, error) {
+func (s *Store) open(ns, ref, lease, dir string, total int64, expected digest.Digest) (*writer, error) {
 	st, err := readState(dir)
 	switch {
 	case err == nil:
@@ -390,7 +420,7 @@ func (s *Store) open(ns, ref, dir string, total int64, expected digest.Digest) (
 		}
 	case errors.Is(err, fs.ErrNotExist):
 		st = ingestState{Namespace: ns, Ref: ref, Total: total, Expected: expected,
-			Algorithm: digest.Canonical, StartedAt: time.Now().UTC()}
+			Algorithm: digest.Canonical, StartedAt: time.Now().UTC(), Lease: lease}
 		if expected != "" {
 			st.Algorithm = expected.Algorithm()
 		}
@@ -480,7 +510,7 @@ func (w *writer) resume(total int64, started time.Time) error {
 		return err
 	}
 	h := w.alg.Hash()
-	w.h = newBehind(h, w.f, total)
+	w.h = newBehind(h, w.f)
 	saved, err := os.ReadFile(filepath.Join(w.dir, hashFile))
 	// Whatever happens next changes the data, so the saved state is stale.
 	os.Remove(filepath.Join(w.dir, hashFile))
@@ -595,7 +625,6 @@ func (w *writer) Truncate(size int64) error {
 		return fmt.Errorf("truncate closed writer of %q: %w", w.ref, errdefs.ErrFailedPrecondition)
 	}
 	w.h.Hash().Reset()
-	w.h.prepared = 0
 	now := time.Now().UTC()
 	if err := w.saveMark(0, now); err != nil {
 		return err
@@ -609,8 +638,8 @@ func (w *writer) Truncate(size int64) error {
 	return nil
 }
 
-// Close implements content.Writer: it gives back the space allocated past
-// the data and saves the running hash so a later writer resumes without
+// Close implements content.Writer: it drops what lies past the data
+// acknowledged and saves the running hash so a later writer resumes without
 // re-reading the data.
 func (w *writer) Close() error {
 	if w.closed {
@@ -662,18 +691,16 @@ func (w *writer) Commit(ctx context.Context, size int64, expected digest.Digest,
 	}
 	defer w.unlock()
 	if err := w.verify(size, expected); err != nil {
-		// Bytes that are not the blob expected are of no use to a retry,
-		// which would resume after them and fail again: they go.
+		// The ingest stays, as containerd keeps it: a writer opened on the
+		// ref again resumes it, and may commit it with other expectations
+		// or truncate it (containerd's CommitErrorState).
 		w.closeFiles()
-		if rerr := w.s.removeIngest(w.ns, w.ref, w.lease); rerr != nil && !errdefs.IsNotFound(rerr) {
-			return errors.Join(err, rerr)
-		}
 		return err
 	}
 	dgst := w.Digest()
 	if err := w.f.Truncate(w.status.Offset); err != nil {
 		w.closeFiles()
-		return fmt.Errorf("commit %q: drop the space allocated ahead: %w", w.ref, err)
+		return fmt.Errorf("commit %q: drop what lies past the data: %w", w.ref, err)
 	}
 	if err := w.f.Sync(); err != nil {
 		w.closeFiles()
@@ -684,6 +711,8 @@ func (w *writer) Commit(ctx context.Context, size int64, expected digest.Digest,
 	}
 
 	s := w.s
+	done := s.tracker.Write(append(gc.LabelRefs(w.ns, labels), gc.Content(w.ns, dgst.String()), gc.Ingest(w.ns, w.ref))...)
+	defer done()
 	s.disk.Lock()
 	defer s.disk.Unlock()
 	if err := s.place(w.dir, dgst); err != nil {
@@ -710,6 +739,39 @@ func (w *writer) Commit(ctx context.Context, size int64, expected digest.Digest,
 	}
 	if existed {
 		return fmt.Errorf("content %s: %w", dgst, errdefs.ErrAlreadyExists)
+	}
+	return nil
+}
+
+// Detach lets the ingest outlive the lease it was started under: from now
+// on it lives as one started without a lease, until it goes idle. A
+// server-side pull that fails midway detaches what it fetched, so that the
+// next pull resumes it although the client has dropped its lease by then.
+// (containerd collects such an ingest with the lease, and its retry
+// downloads every byte again.)
+func (w *writer) Detach() error {
+	if w.lease == "" || w.closed {
+		return nil
+	}
+	st, err := readState(w.dir)
+	if err != nil {
+		return fmt.Errorf("detach ingest %q: %w", w.ref, err)
+	}
+	st.Lease = ""
+	if err := writeState(w.dir, st); err != nil {
+		return fmt.Errorf("detach ingest %q: %w", w.ref, err)
+	}
+	lease := w.lease
+	w.lease = ""
+	err = w.s.db.Update(func(tx *bolt.Tx) error {
+		err := metadata.RemoveLeaseResource(tx, w.ns, lease, metadata.ResourceIngest, w.ref)
+		if errdefs.IsNotFound(err) {
+			return nil // the lease went first
+		}
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("detach ingest %q from lease %q: %w", w.ref, lease, err)
 	}
 	return nil
 }

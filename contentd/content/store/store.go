@@ -33,6 +33,7 @@ import (
 	"github.com/flotilla/flotilla/contentd/content"
 	"github.com/flotilla/flotilla/contentd/metadata"
 	"github.com/flotilla/flotilla/services/filters"
+	"github.com/flotilla/flotilla/services/gc"
 	"github.com/flotilla/flotilla/services/namespace"
 )
 
@@ -56,9 +57,16 @@ type Store struct {
 
 	mu     sync.Mutex
 	locked map[string]time.Time // ingest key → since when a writer holds it
+
+	// tracker records, for a garbage collection running, what writes and
+	// lookups touch; nil outside any collection.
+	tracker *gc.Tracker
 }
 
-var _ content.Store = (*Store)(nil)
+var (
+	_ content.Store        = (*Store)(nil)
+	_ content.IngestReader = (*Store)(nil)
+)
 
 // New opens the store rooted at root (creating its directories) whose
 // records live in db, a database opened by metadata.Open.
@@ -74,6 +82,10 @@ func New(root string, db *bolt.DB) (*Store, error) {
 	}
 	return &Store{root: root, db: db, locked: map[string]time.Time{}}, nil
 }
+
+// SetTracker makes the store report its writes and lookups to t, the
+// tracker of contentd's garbage collection. Call it before the store is used.
+func (s *Store) SetTracker(t *gc.Tracker) { s.tracker = t }
 
 // parseDigest validates a client's digest: InvalidArgument when malformed
 // or of an algorithm this build cannot compute.
@@ -97,6 +109,8 @@ func (s *Store) Info(ctx context.Context, dgst digest.Digest) (content.Info, err
 	if dgst, err = parseDigest(dgst); err != nil {
 		return content.Info{}, err
 	}
+	// A client that learns a blob is there may go on to reference it.
+	s.tracker.Touch(gc.Content(ns, dgst.String()))
 	var info content.Info
 	err = s.db.View(func(tx *bolt.Tx) error {
 		info, err = readRecord(tx, ns, dgst)
@@ -115,6 +129,8 @@ func (s *Store) Update(ctx context.Context, in content.Info, fieldpaths ...strin
 	if err != nil {
 		return content.Info{}, err
 	}
+	done := s.tracker.Write(append(gc.LabelRefs(ns, in.Labels), gc.Content(ns, dgst.String()))...)
+	defer done()
 	var out content.Info
 	err = s.db.Update(func(tx *bolt.Tx) error {
 		cur, err := readRecord(tx, ns, dgst)

@@ -13,6 +13,7 @@ import (
 	"io"
 	"maps"
 	"slices"
+	"time"
 
 	containersapi "github.com/containerd/containerd/api/services/containers/v1"
 	snapshotsapi "github.com/containerd/containerd/api/services/snapshots/v1"
@@ -23,6 +24,11 @@ import (
 	"github.com/flotilla/flotilla/services/dial"
 	"github.com/flotilla/flotilla/services/namespace"
 )
+
+// askWait bounds a question to taskd and snapshotd: long enough for one
+// that is restarting to answer, short enough that a namespace call with
+// one of them down fails (Unavailable) rather than hangs.
+const askWait = 5 * time.Second
 
 // Occupants asks taskd and snapshotd what they hold in a namespace. It
 // implements namespaces.Occupants.
@@ -35,16 +41,21 @@ type Occupants struct {
 }
 
 // New returns Occupants asking taskd at address taskd and snapshotd at
-// address snapshotd (unix socket or tcp://host:port); an empty address
-// leaves that service unasked, and with both empty New returns nil.
-// Connections are made lazily, on the first question; Close releases them.
-func New(taskd, snapshotd string) (*Occupants, error) {
+// address snapshotd (unix socket or tcp://host:port), connecting with d
+// (contentd's Dialer); an empty address leaves that service unasked, and
+// with both empty New returns nil. Connections are made lazily, on the
+// first question; Close releases them.
+func New(d *dial.Dialer, taskd, snapshotd string) (*Occupants, error) {
 	if taskd == "" && snapshotd == "" {
 		return nil, nil
 	}
 	o := &Occupants{holdings: map[string]namespacesv1.HoldingsClient{}}
+	// A question waits for its peer's connection (askWait bounds it), so a
+	// service that has just restarted is asked again rather than failing
+	// the question on the last error of a connection backing off.
+	waitForReady := grpc.WithDefaultCallOptions(grpc.WaitForReady(true))
 	if taskd != "" {
-		conn, err := dial.Dial(taskd)
+		conn, err := d.Dial(taskd, waitForReady)
 		if err != nil {
 			return nil, fmt.Errorf("taskd: %w", err)
 		}
@@ -53,7 +64,7 @@ func New(taskd, snapshotd string) (*Occupants, error) {
 		o.holdings["taskd"] = namespacesv1.NewHoldingsClient(conn)
 	}
 	if snapshotd != "" {
-		conn, err := dial.Dial(snapshotd)
+		conn, err := d.Dial(snapshotd, waitForReady)
 		if err != nil {
 			o.Close()
 			return nil, fmt.Errorf("snapshotd: %w", err)
@@ -79,6 +90,8 @@ func (o *Occupants) Close() error {
 // "snapshots" if any of snapshotd's snapshotters has a snapshot there. An
 // error names the service that could not answer.
 func (o *Occupants) Holds(ctx context.Context, ns string) ([]string, error) {
+	ctx, cancel := context.WithTimeout(ctx, askWait)
+	defer cancel()
 	// Ask in the namespace being deleted, under no lease of the caller's.
 	ctx = namespace.WithLease(namespace.WithNamespace(ctx, ns), "")
 	var held []string
@@ -107,6 +120,8 @@ func (o *Occupants) Holds(ctx context.Context, ns string) ([]string, error) {
 // holds a record. A service that does not answer is named in the error;
 // the names the others gave are returned all the same.
 func (o *Occupants) Namespaces(ctx context.Context) ([]string, error) {
+	ctx, cancel := context.WithTimeout(ctx, askWait)
+	defer cancel()
 	var names []string
 	var errs []error
 	for _, service := range slices.Sorted(maps.Keys(o.holdings)) {

@@ -5,37 +5,10 @@
 package main
 
 import (
-	"context"
-	"flag"
-	"os"
-
-	"github.com/flotilla/flotilla/eventd/exchange"
-	"github.com/flotilla/flotilla/services/config"
+	eventd "github.com/flotilla/flotilla/eventd/daemon"
 	"github.com/flotilla/flotilla/services/daemon"
-	"github.com/flotilla/flotilla/services/introspect"
-	"github.com/flotilla/flotilla/services/server"
 )
 
-type eventdConfig struct {
-	config.Common
-	Redis string `toml:"redis"`
-}
-
 func main() {
-	var cfg eventdConfig
-	daemon.Main(daemon.Spec{
-		Name:    "eventd",
-		Summary: "containerd's events service, fanned out across hosts through Redis pub/sub",
-		Config:  &cfg,
-		Common:  &cfg.Common,
-		Flags: func(fs *flag.FlagSet) {
-			fs.StringVar(&cfg.Redis, "redis", os.Getenv("REDIS_URL"),
-				"Redis shared by every eventd (redis://host:port, unix:///path); empty runs an in-process bus (default $REDIS_URL)")
-		},
-		Plugins: introspect.Services("events"),
-		// Setup reads cfg only once flags and config file are parsed.
-		Setup: func(ctx context.Context, srv *server.Server) error {
-			return exchange.Setup(exchange.Config{RedisURL: cfg.Redis})(ctx, srv)
-		},
-	})
+	daemon.Main(eventd.Spec(new(eventd.Config)))
 }

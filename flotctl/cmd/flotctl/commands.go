@@ -17,6 +17,7 @@ import (
 type globals struct {
 	address   string
 	namespace string
+	tls       tlsFlags
 }
 
 func newRootCommand() (*cobra.Command, *globals) {
@@ -32,10 +33,12 @@ func newRootCommand() (*cobra.Command, *globals) {
 	}
 	root.PersistentFlags().StringVar(&g.address, "address", client.DefaultAddress(), "the containerd API socket: Flotilla's gateway ($CONTAINERD_ADDRESS, default $FLOTILLA_STATE/flotilla.sock)")
 	root.PersistentFlags().StringVarP(&g.namespace, "namespace", "n", client.DefaultNamespaceFromEnv(), "the containerd namespace ($CONTAINERD_NAMESPACE)")
-	root.AddCommand(newStackCommand(), newVersionCommand(g), newSnapshottersCommand(),
+	g.tls.register(root)
+	root.PersistentPreRunE = func(*cobra.Command, []string) error { return g.tls.use() }
+	root.AddCommand(newCertsCommand(), newStackCommand(), newVersionCommand(g), newSnapshottersCommand(),
 		newImagesCommand(g), newNamespacesCommand(g), newRunCommand(g), newPsCommand(g),
 		newExecCommand(g), newLogsCommand(g), newKillCommand(g), newRmCommand(g), newEventsCommand(g),
-		newPullCommand(g), newPushCommand(g))
+		newPullCommand(g), newPushCommand(g), newGCCommand())
 	return root, g
 }
 
@@ -65,24 +68,33 @@ func newStackCommand() *cobra.Command {
 		Short: "Start, stop and inspect this node's Flotilla daemons",
 		Long: "The stack is eventd, contentd, snapshotd, taskd and the gateway, run from --bin with data under\n" +
 			"$FLOTILLA_ROOT (default /var/lib/flotilla) and sockets, pid files and logs under $FLOTILLA_STATE\n" +
-			"(default /run/flotilla). REDIS_URL, when set, is given to eventd.",
+			"(default /run/flotilla). REDIS_URL, when set, is given to eventd. They run in one flotilla process\n" +
+			"(mode one, the default) or each as a process of its own (mode separate); down and status work in both.",
 	}
 	exe, _ := os.Executable()
 	bin := cmd.PersistentFlags().String("bin", filepath.Dir(exe), "directory holding the daemons' binaries")
 	timeout := cmd.PersistentFlags().Duration("timeout", 20*time.Second, "how long each daemon may take to come up or stop")
 
-	cmd.AddCommand(&cobra.Command{
+	up := &cobra.Command{
 		Use:   "up",
 		Short: "Start every daemon that is not running and wait until all are healthy",
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			l := stack.DefaultLayout(*bin)
-			if err := stack.Up(cmd.Context(), l, *timeout); err != nil {
-				return err
-			}
-			fmt.Fprintf(cmd.OutOrStdout(), "Flotilla is up: ctr --address %s version\n", l.GatewaySocket())
-			return nil
-		},
-	}, &cobra.Command{
+	}
+	mode := up.Flags().String("mode", string(stack.DefaultLayout("").Mode),
+		"one: every component in one flotilla process; separate: each daemon a process of its own (default from $FLOTILLA_MODE)")
+	up.RunE = func(cmd *cobra.Command, _ []string) error {
+		l := stack.DefaultLayout(*bin)
+		m, err := stack.ParseMode(*mode)
+		if err != nil {
+			return err
+		}
+		l.Mode = m
+		if err := stack.Up(cmd.Context(), l, *timeout); err != nil {
+			return err
+		}
+		fmt.Fprintf(cmd.OutOrStdout(), "Flotilla is up (%s): ctr --address %s version\n", describeMode(l.Mode), l.GatewaySocket())
+		return nil
+	}
+	cmd.AddCommand(up, &cobra.Command{
 		Use:   "down",
 		Short: "Stop every daemon gracefully (SIGTERM, then SIGKILL after --timeout)",
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -90,7 +102,7 @@ func newStackCommand() *cobra.Command {
 		},
 	}, &cobra.Command{
 		Use:   "status",
-		Short: "Show each service's address, health, version and metrics address",
+		Short: "Show each service's address, health, version and metrics address; with discovery, every node's services too",
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			addr, _ := cmd.Flags().GetString("address")
 			ctx, cancel := context.WithTimeout(cmd.Context(), 5*time.Second)
@@ -106,4 +118,11 @@ func newStackCommand() *cobra.Command {
 		},
 	})
 	return cmd
+}
+
+func describeMode(m stack.Mode) string {
+	if m == stack.OneProcess {
+		return "one process"
+	}
+	return "separate daemons"
 }

@@ -6,6 +6,7 @@ import (
 	"io"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -38,8 +39,8 @@ func newSnapshottersCommand() *cobra.Command {
 		return fn(ctx, snapshotterv1.NewSnapshottersClient(conn))
 	}
 	// namePathCommand is a subcommand taking NAME and PATH that sends NAME
-	// and PATH made absolute through call, then prints the snapshotter it
-	// answers.
+	// and PATH (made absolute, unless a bare file name) through call, then
+	// prints the snapshotter it answers.
 	namePathCommand := func(use, short string,
 		call func(ctx context.Context, c snapshotterv1.SnapshottersClient, name, path string) (*snapshotterv1.Snapshotter, error)) *cobra.Command {
 		return &cobra.Command{
@@ -47,9 +48,16 @@ func newSnapshottersCommand() *cobra.Command {
 			Short: short,
 			Args:  cobra.ExactArgs(2),
 			RunE: func(cmd *cobra.Command, args []string) error {
-				path, err := filepath.Abs(args[1])
-				if err != nil {
-					return fmt.Errorf("plugin path %q: %w", args[1], err)
+				// A bare file name is snapshotd's to find in its plugin
+				// directory (which may be on another host); a path is
+				// made absolute here.
+				path := args[1]
+				if strings.Contains(path, "/") {
+					abs, err := filepath.Abs(path)
+					if err != nil {
+						return fmt.Errorf("plugin path %q: %w", args[1], err)
+					}
+					path = abs
 				}
 				return run(cmd, func(ctx context.Context, c snapshotterv1.SnapshottersClient) error {
 					sn, err := call(ctx, c, args[0], path)
@@ -95,13 +103,13 @@ func newSnapshottersCommand() *cobra.Command {
 			})
 		},
 	}, namePathCommand("add NAME PATH",
-		"Start the plugin executable at PATH as snapshotter NAME (ctr --snapshotter NAME ...)",
+		"Start the plugin executable at PATH, which must lie in snapshotd's --plugin-dir (a bare file name is looked up there), as snapshotter NAME (ctr --snapshotter NAME ...)",
 		func(ctx context.Context, c snapshotterv1.SnapshottersClient, name, path string) (*snapshotterv1.Snapshotter, error) {
 			resp, err := c.Add(ctx, &snapshotterv1.AddSnapshotterRequest{Name: name, Path: path})
 			return resp.GetSnapshotter(), err
 		},
 	), namePathCommand("replace NAME PATH",
-		"Replace snapshotter NAME's executable with PATH; the new process takes over its data, mounts stay",
+		"Replace snapshotter NAME's executable with PATH (in snapshotd's --plugin-dir, as for add); the new process takes over its data, mounts stay",
 		func(ctx context.Context, c snapshotterv1.SnapshottersClient, name, path string) (*snapshotterv1.Snapshotter, error) {
 			resp, err := c.Replace(ctx, &snapshotterv1.ReplaceSnapshotterRequest{Name: name, Path: path})
 			return resp.GetSnapshotter(), err

@@ -23,7 +23,7 @@ import (
 
 // transferClient returns a Transfer API client on c.
 func transferClient(c *client.Client) *transfer.Client {
-	return &transfer.Client{Transfer: c.Transfer, Streaming: c.Streaming}
+	return &transfer.Client{Transfer: c.Transfer, Streaming: c.Streaming, Leases: c.Leases}
 }
 
 // newDisplay picks live bars when w is a terminal, plain lines otherwise

@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/emptypb"
 
+	gateway "github.com/flotilla/flotilla/gateway/daemon"
 	"github.com/flotilla/flotilla/gateway/internal/sockdir"
 	gatewayv1 "github.com/flotilla/flotilla/proto/gateway/v1"
 	"github.com/flotilla/flotilla/services/daemon"
@@ -30,7 +31,7 @@ func runGateway(t *testing.T, dir string, args ...string) *grpc.ClientConn {
 	args = append([]string{"--address", addr, "--root", filepath.Join(dir, "root"), "--state", filepath.Join(dir, "state"), "--log-level", "error"}, args...)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- daemon.Run(ctx, spec(), args) }()
+	go func() { done <- daemon.Run(ctx, gateway.Spec(new(gateway.Config)), args) }()
 	t.Cleanup(func() {
 		cancel()
 		if err := <-done; err != nil {

@@ -3,6 +3,10 @@
 // because the containerd 1.7 and 2.x clients need different versions of
 // containerd's API module; integration.TestGoClient builds it with
 // GOWORK=off and runs it against Flotilla and a reference containerd.
+//
+// This file is also the 1.7 client's (goclient/v1/client_test.go is made
+// from it by goclient/generate-v1.sh); cases for one client only go in
+// files of their own.
 package goclient
 
 import (
@@ -22,6 +26,7 @@ import (
 	"github.com/containerd/containerd/v2/core/images/archive"
 	"github.com/containerd/containerd/v2/core/leases"
 	"github.com/containerd/containerd/v2/core/remotes/docker"
+	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/containerd/v2/pkg/cio"
 	"github.com/containerd/containerd/v2/pkg/oci"
 	"github.com/containerd/platforms"
@@ -127,6 +132,69 @@ func TestClient(t *testing.T) {
 		unpacked, err := image.IsUnpacked(ctx, snapshotter)
 		if err != nil || !unpacked {
 			t.Fatalf("IsUnpacked: %v, %v", unpacked, err)
+		}
+	})
+	t.Run("Pull again prepares no snapshot", func(t *testing.T) {
+		// The unpacker prepares each layer with the containerd.io/snapshot.ref
+		// label; a daemon that has the layer's snapshot answers AlreadyExists
+		// and the layer is skipped.
+		client, ctx := newClient(t)
+		pull(t, client, ctx)
+		subCtx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		envelopes, errs := client.Subscribe(subCtx, fmt.Sprintf(`namespace==%q,topic=="/snapshot/prepare"`, *ns))
+		sn := client.SnapshotService(snapshotter)
+		// A sentinel snapshot (a GC root, so no collection takes it away)
+		// whose prepare event marks a point in the event stream.
+		sentinel := func(key string) {
+			t.Helper()
+			root := snapshots.WithLabels(map[string]string{"containerd.io/gc.root": time.Now().UTC().Format(time.RFC3339)})
+			if _, err := sn.Prepare(ctx, key, "", root); err != nil {
+				t.Fatalf("Prepare %s: %v", key, err)
+			}
+			if err := sn.Remove(ctx, key); err != nil {
+				t.Fatalf("Remove %s: %v", key, err)
+			}
+		}
+		// prepared counts the prepare events up to the sentinel key's.
+		prepared := func(key string, wait time.Duration) (int, bool) {
+			t.Helper()
+			n := 0
+			for {
+				select {
+				case env := <-envelopes:
+					ev, err := typeurl.UnmarshalAny(env.Event)
+					if err != nil {
+						t.Fatal(err)
+					}
+					if p, ok := ev.(*eventsapi.SnapshotPrepare); ok && p.Key == key {
+						return n, true
+					}
+					n++
+				case err := <-errs:
+					t.Fatalf("Subscribe: %v", err)
+				case <-time.After(wait):
+					return n, false
+				}
+			}
+		}
+		// The subscription is live once a sentinel's event comes through.
+		for i := 0; ; i++ {
+			key := fmt.Sprintf("sentinel-start-%d", i)
+			sentinel(key)
+			if _, ok := prepared(key, 200*time.Millisecond); ok {
+				break
+			}
+			if ctx.Err() != nil {
+				t.Fatal("no /snapshot/prepare event for a sentinel")
+			}
+		}
+		pull(t, client, ctx)
+		sentinel("sentinel-end")
+		if n, ok := prepared("sentinel-end", time.Minute); !ok {
+			t.Fatal("no /snapshot/prepare event for the last sentinel")
+		} else if n != 0 {
+			t.Errorf("the second pull prepared %d snapshots, want none", n)
 		}
 	})
 	t.Run("a task with cio.NullIO: Wait gives the exit status", func(t *testing.T) {

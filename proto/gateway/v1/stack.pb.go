@@ -73,7 +73,9 @@ type ServiceStatus struct {
 	// error says why the backend could not be asked, if it could not.
 	Error string `protobuf:"bytes,5,opt,name=error,proto3" json:"error,omitempty"`
 	// services lists the containerd API services the gateway routes to it.
-	Services      []string `protobuf:"bytes,6,rep,name=services,proto3" json:"services,omitempty"`
+	Services []string `protobuf:"bytes,6,rep,name=services,proto3" json:"services,omitempty"`
+	// node is the node the service runs on, as it registered (cluster only).
+	Node          string `protobuf:"bytes,7,opt,name=node,proto3" json:"node,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -150,9 +152,23 @@ func (x *ServiceStatus) GetServices() []string {
 	return nil
 }
 
+func (x *ServiceStatus) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
 type StackStatusResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Services      []*ServiceStatus       `protobuf:"bytes,1,rep,name=services,proto3" json:"services,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// services are the backends this gateway routes to, and itself.
+	Services []*ServiceStatus `protobuf:"bytes,1,rep,name=services,proto3" json:"services,omitempty"`
+	// cluster is every instance the service registry lists, on every node,
+	// each asked for its health and info where the gateway can reach it;
+	// empty when the gateway has no registry (--discovery).
+	Cluster []*ServiceStatus `protobuf:"bytes,2,rep,name=cluster,proto3" json:"cluster,omitempty"`
+	// cluster_error says why the registry could not be read, if it could not.
+	ClusterError  string `protobuf:"bytes,3,opt,name=cluster_error,json=clusterError,proto3" json:"cluster_error,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -194,21 +210,38 @@ func (x *StackStatusResponse) GetServices() []*ServiceStatus {
 	return nil
 }
 
+func (x *StackStatusResponse) GetCluster() []*ServiceStatus {
+	if x != nil {
+		return x.Cluster
+	}
+	return nil
+}
+
+func (x *StackStatusResponse) GetClusterError() string {
+	if x != nil {
+		return x.ClusterError
+	}
+	return ""
+}
+
 var File_flotilla_gateway_v1_stack_proto protoreflect.FileDescriptor
 
 const file_flotilla_gateway_v1_stack_proto_rawDesc = "" +
 	"\n" +
 	"\x1fflotilla/gateway/v1/stack.proto\x12\x13flotilla.gateway.v1\x1a\x1eflotilla/service/v1/info.proto\"\x14\n" +
-	"\x12StackStatusRequest\"\xc1\x01\n" +
+	"\x12StackStatusRequest\"\xd5\x01\n" +
 	"\rServiceStatus\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\aaddress\x18\x02 \x01(\tR\aaddress\x12\x16\n" +
 	"\x06health\x18\x03 \x01(\tR\x06health\x128\n" +
 	"\x04info\x18\x04 \x01(\v2$.flotilla.service.v1.GetInfoResponseR\x04info\x12\x14\n" +
 	"\x05error\x18\x05 \x01(\tR\x05error\x12\x1a\n" +
-	"\bservices\x18\x06 \x03(\tR\bservices\"U\n" +
+	"\bservices\x18\x06 \x03(\tR\bservices\x12\x12\n" +
+	"\x04node\x18\a \x01(\tR\x04node\"\xb8\x01\n" +
 	"\x13StackStatusResponse\x12>\n" +
-	"\bservices\x18\x01 \x03(\v2\".flotilla.gateway.v1.ServiceStatusR\bservices2d\n" +
+	"\bservices\x18\x01 \x03(\v2\".flotilla.gateway.v1.ServiceStatusR\bservices\x12<\n" +
+	"\acluster\x18\x02 \x03(\v2\".flotilla.gateway.v1.ServiceStatusR\acluster\x12#\n" +
+	"\rcluster_error\x18\x03 \x01(\tR\fclusterError2d\n" +
 	"\x05Stack\x12[\n" +
 	"\x06Status\x12'.flotilla.gateway.v1.StackStatusRequest\x1a(.flotilla.gateway.v1.StackStatusResponseB9Z7github.com/flotilla/flotilla/proto/gateway/v1;gatewayv1b\x06proto3"
 
@@ -234,13 +267,14 @@ var file_flotilla_gateway_v1_stack_proto_goTypes = []any{
 var file_flotilla_gateway_v1_stack_proto_depIdxs = []int32{
 	3, // 0: flotilla.gateway.v1.ServiceStatus.info:type_name -> flotilla.service.v1.GetInfoResponse
 	1, // 1: flotilla.gateway.v1.StackStatusResponse.services:type_name -> flotilla.gateway.v1.ServiceStatus
-	0, // 2: flotilla.gateway.v1.Stack.Status:input_type -> flotilla.gateway.v1.StackStatusRequest
-	2, // 3: flotilla.gateway.v1.Stack.Status:output_type -> flotilla.gateway.v1.StackStatusResponse
-	3, // [3:4] is the sub-list for method output_type
-	2, // [2:3] is the sub-list for method input_type
-	2, // [2:2] is the sub-list for extension type_name
-	2, // [2:2] is the sub-list for extension extendee
-	0, // [0:2] is the sub-list for field type_name
+	1, // 2: flotilla.gateway.v1.StackStatusResponse.cluster:type_name -> flotilla.gateway.v1.ServiceStatus
+	0, // 3: flotilla.gateway.v1.Stack.Status:input_type -> flotilla.gateway.v1.StackStatusRequest
+	2, // 4: flotilla.gateway.v1.Stack.Status:output_type -> flotilla.gateway.v1.StackStatusResponse
+	4, // [4:5] is the sub-list for method output_type
+	3, // [3:4] is the sub-list for method input_type
+	3, // [3:3] is the sub-list for extension type_name
+	3, // [3:3] is the sub-list for extension extendee
+	0, // [0:3] is the sub-list for field type_name
 }
 
 func init() { file_flotilla_gateway_v1_stack_proto_init() }

@@ -232,7 +232,8 @@ func TestCtrSnapshots(t *testing.T) {
 
 func TestKilledSnapshotdAdoptsPlugins(t *testing.T) {
 	d := newDaemon(t)
-	d.start(t)
+	// Every plugin started at once, so there is a process of each to adopt.
+	d.start(t, "--start-on-use=false")
 	before := pids(t, d.admin(t))
 	if before["overlayfs"] == 0 || before["native"] == 0 {
 		t.Fatalf("default plugins not running: %v", before)
@@ -288,7 +289,7 @@ func TestKilledSnapshotdAdoptsPlugins(t *testing.T) {
 func TestGracefulStop(t *testing.T) {
 	d := newDaemon(t)
 	t.Run("a graceful stop stops the plugins", func(t *testing.T) {
-		d.start(t)
+		d.start(t, "--start-on-use=false")
 		before := pids(t, d.admin(t))
 		d.stop(t, syscall.SIGTERM)
 		for name, pid := range before {
@@ -298,7 +299,7 @@ func TestGracefulStop(t *testing.T) {
 		}
 	})
 	t.Run("with --keep-plugins they are adopted by the next snapshotd", func(t *testing.T) {
-		d.start(t, "--keep-plugins")
+		d.start(t, "--keep-plugins", "--start-on-use=false")
 		before := pids(t, d.admin(t))
 		d.stop(t, syscall.SIGTERM)
 		d.start(t)

@@ -28,6 +28,17 @@ type Provider interface {
 	ReaderAt(ctx context.Context, desc ocispec.Descriptor) (ReaderAt, error)
 }
 
+// Streamer is a Provider that can also read a blob in order in one go,
+// which costs a remote store one call rather than one per ReadAt, and can
+// follow a blob still being fetched (contentclient.WithFollow).
+type Streamer interface {
+	// Stream returns a reader of the blob desc names from its first byte
+	// to its last. A blob the store does not hold is a NotFound error, at
+	// once or at the first Read. The caller checks the length and digest
+	// of what it reads, and closes the reader.
+	Stream(ctx context.Context, desc ocispec.Descriptor) (io.ReadCloser, error)
+}
+
 // Writer writes one blob in order, from offset 0.
 type Writer interface {
 	io.Writer

@@ -2,6 +2,8 @@ package content
 
 import (
 	"context"
+	"errors"
+	"io"
 
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"google.golang.org/grpc"
@@ -14,7 +16,8 @@ import (
 // from services/dial, which forwards the namespace and lease of each
 // call's context and turns gRPC errors back into errdefs kinds.
 type Remote struct {
-	client *contentclient.Client
+	client  *contentclient.Client
+	handoff *contentclient.Handoff // nil: every read is a Content.Read
 }
 
 // NewRemote returns a store reading and writing blobs through conn.
@@ -22,7 +25,16 @@ func NewRemote(conn grpc.ClientConnInterface) *Remote {
 	return &Remote{client: contentclient.New(conn)}
 }
 
+// WithHandoff has Stream read blobs from the files contentd hands over on
+// h (when contentd is on this host), and through Content.Read only when
+// nothing serves h.
+func (r *Remote) WithHandoff(h *contentclient.Handoff) *Remote {
+	r.handoff = h
+	return r
+}
+
 var _ Provider = (*Remote)(nil)
+var _ Streamer = (*Remote)(nil)
 var _ Ingester = (*Remote)(nil)
 
 // ReaderAt asks the store for the blob's size, so a missing blob is
@@ -33,6 +45,19 @@ func (r *Remote) ReaderAt(ctx context.Context, desc ocispec.Descriptor) (ReaderA
 		return nil, err
 	}
 	return ra, nil
+}
+
+// Stream reads the blob from the file contentd hands over (WithHandoff),
+// else through one Read call; a context marked with
+// contentclient.WithFollow follows a blob contentd is still fetching.
+func (r *Remote) Stream(ctx context.Context, desc ocispec.Descriptor) (io.ReadCloser, error) {
+	if r.handoff != nil {
+		rc, err := r.handoff.Open(ctx, desc.Digest)
+		if !errors.Is(err, contentclient.ErrNoHandoff) {
+			return rc, err
+		}
+	}
+	return r.client.Reader(ctx, desc.Digest)
 }
 
 // Writer opens a Write stream on ref and starts the ingest over from

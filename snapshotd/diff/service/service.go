@@ -13,6 +13,7 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"google.golang.org/grpc"
 
+	"github.com/flotilla/flotilla/services/contentclient"
 	"github.com/flotilla/flotilla/services/namespace"
 	"github.com/flotilla/flotilla/snapshotd/diff"
 	"github.com/flotilla/flotilla/snapshotd/diff/content"
@@ -47,6 +48,13 @@ func (s *Service) Apply(ctx context.Context, req *diffapi.ApplyRequest) (*diffap
 		return nil, err
 	}
 	var opts []diff.ApplyOption
+	if contentclient.FollowAsked(ctx) {
+		// The caller (contentd's pull) is still fetching the layer: read
+		// it as it arrives. contentd verifies the blob as it commits it,
+		// and the caller keeps the snapshot only once it has.
+		ctx = contentclient.WithFollow(ctx)
+		opts = append(opts, diff.WithBlobDigestCheckedByCaller())
+	}
 	if req.GetSyncFs() {
 		opts = append(opts, diff.WithSyncFS())
 	}

@@ -278,7 +278,9 @@ func (s *Store) Commit(name, key string, usage snapshotter.Usage, opts []snapsho
 		}
 		r.Kind = snapshotter.KindCommitted
 		r.Labels = in.Labels
-		r.Updated = time.Now().UTC()
+		// The committed snapshot is a new one: created now, as in containerd.
+		now := time.Now().UTC()
+		r.Created, r.Updated = now, now
 		r.Size, r.Inodes = usage.Size, usage.Inodes
 		return put(tx, name, r)
 	})

@@ -375,6 +375,16 @@ func newStdio(t *testing.T, withStdin, terminal bool) *stdio {
 	return s
 }
 
+// closeStdin closes the client's write end of the stdin FIFO.
+func (s *stdio) closeStdin() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.in != nil {
+		s.in.Close()
+		s.in = nil
+	}
+}
+
 func boolInt(b bool) int {
 	if b {
 		return 1
@@ -637,6 +647,9 @@ func TestStdinIsEchoedAndCloseIOEndsIt(t *testing.T) {
 	}
 	io.write(t, "ping\n")
 	io.waitOutput(t, "ping\n")
+	// As containerd's clients do: close the FIFO's write end, then CloseIO
+	// (the shim holds its own write end until then, as containerd's does).
+	io.closeStdin()
 	if _, err := client.CloseIO(ctx, &taskapi.CloseIORequest{ID: b.id, Stdin: true}); err != nil {
 		t.Fatal(err)
 	}

@@ -33,9 +33,12 @@ import (
 	"github.com/containerd/containerd/api/types"
 	"github.com/containerd/ttrpc"
 	"github.com/containerd/typeurl/v2"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/flotilla/flotilla/services/tracing"
 )
 
 // Runner runs cmd to completion and returns its exit status. A shim that
@@ -68,8 +71,9 @@ type Publisher struct {
 
 type envelope struct {
 	topic string
-	at    time.Time // when it was published
-	data  []byte    // the event as a protobuf Any
+	at    time.Time         // when it was published
+	data  []byte            // the event as a protobuf Any
+	span  trace.SpanContext // the trace it was published in, carried on to the daemon
 }
 
 // Option configures a Publisher.
@@ -143,10 +147,10 @@ func Encode(event any) ([]byte, error) {
 	return proto.Marshal(&anypb.Any{TypeUrl: a.GetTypeUrl(), Value: a.GetValue()})
 }
 
-// Publish queues event under topic. The namespace is the shim's; ctx is not
-// consulted. It fails only when the event cannot be encoded or the publisher
-// is closed.
-func (b *Publisher) Publish(_ context.Context, topic string, event any) error {
+// Publish queues event under topic. The namespace is the shim's; only the
+// trace of ctx is kept, for the delivery to continue it. It fails only when
+// the event cannot be encoded or the publisher is closed.
+func (b *Publisher) Publish(ctx context.Context, topic string, event any) error {
 	data, err := Encode(event)
 	if err != nil {
 		return err
@@ -156,7 +160,7 @@ func (b *Publisher) Publish(_ context.Context, topic string, event any) error {
 	if b.closing {
 		return fmt.Errorf("publish %s: publisher closed", topic)
 	}
-	b.queue = append(b.queue, envelope{topic: topic, at: time.Now(), data: data})
+	b.queue = append(b.queue, envelope{topic: topic, at: time.Now(), data: data, span: trace.SpanContextFromContext(ctx)})
 	b.cond.Broadcast()
 	return nil
 }
@@ -205,7 +209,7 @@ func (b *Publisher) deliver(e envelope) {
 	wait := b.backoff
 	for attempt := 1; ; attempt++ {
 		start := time.Now()
-		ctx, cancel := context.WithTimeout(context.Background(), b.timeout)
+		ctx, cancel := context.WithTimeout(trace.ContextWithRemoteSpanContext(context.Background(), e.span), b.timeout)
 		err := b.send(ctx, e)
 		cancel()
 		if err == nil {
@@ -260,7 +264,8 @@ func (t *ttrpcSender) send(ctx context.Context, namespace string, e envelope) er
 		if err != nil {
 			return fmt.Errorf("connect to %s: %w", t.path, err)
 		}
-		t.client = ttrpc.NewClient(conn)
+		// A shim is a process of its own: its tracing is the process's.
+		t.client = ttrpc.NewClient(conn, ttrpc.WithUnaryClientInterceptor(tracing.Process().TTRPCClientInterceptor()))
 	}
 	_, err := ttrpcevents.NewTTRPCEventsClient(t.client).Forward(ctx, &ttrpcevents.ForwardRequest{
 		Envelope: &types.Envelope{Timestamp: timestamppb.New(e.at), Namespace: namespace, Topic: e.topic, Event: &event},

@@ -54,9 +54,15 @@ type Streams struct {
 	socket *runc.Socket // terminal, until AfterStart
 	master *os.File     // non-blocking dup of the pty master, for copying
 
-	stdin   io.ReadCloser // the client's stdin FIFO
-	outputs sync.WaitGroup
-	closers []io.Closer
+	stdin io.ReadCloser // the client's stdin FIFO
+	// stdinHold is the shim's own write end of the stdin FIFO, as
+	// containerd's shim keeps: the process reads end of file only once
+	// the client has closed its end and CloseStdin has closed this one,
+	// so a client that goes away does not end its stdin, and CloseIO does
+	// not drop what the client wrote and the copy has not read yet.
+	stdinHold io.Closer
+	outputs   sync.WaitGroup
+	closers   []io.Closer
 
 	mu          sync.Mutex
 	cons        console.Console  // the pty, once received
@@ -83,6 +89,12 @@ func Open(ctx context.Context, s Stdio, o Owner) (_ *Streams, err error) {
 		}
 		st.stdin = f
 		st.closers = append(st.closers, f)
+		hold, err := fifo.OpenFifo(context.Background(), s.Stdin, unix.O_WRONLY|unix.O_NONBLOCK, 0)
+		if err != nil {
+			return nil, fmt.Errorf("hold stdin fifo %s: %w", s.Stdin, notFound(err))
+		}
+		st.stdinHold = hold
+		st.closers = append(st.closers, hold)
 	}
 	if s.Terminal {
 		socket, err := runc.NewTempConsoleSocket()
@@ -256,8 +268,10 @@ func (st *Streams) Resize(width, height uint32) error {
 	return st.cons.Resize(ws)
 }
 
-// CloseStdin stops forwarding the client's stdin; without a terminal the
-// process then reads end of file.
+// CloseStdin lets the client's stdin end: once the client has closed its
+// end of the FIFO and everything it wrote is forwarded, the process reads
+// end of file (without a terminal). As in containerd, a client that keeps
+// its end open keeps stdin open.
 func (st *Streams) CloseStdin() error {
 	st.mu.Lock()
 	defer st.mu.Unlock()
@@ -265,11 +279,10 @@ func (st *Streams) CloseStdin() error {
 		return nil
 	}
 	st.stdinClosed = true
-	if st.stdin != nil {
-		st.stdin.Close()
-	}
-	if st.pipes != nil && st.pipes.Stdin() != nil {
-		st.pipes.Stdin().Close()
+	if st.stdinHold != nil {
+		if err := st.stdinHold.Close(); err != nil && !errors.Is(err, os.ErrClosed) {
+			return err
+		}
 	}
 	return nil
 }

@@ -114,11 +114,47 @@ func TestOutputWrittenWhileTheReaderIsAwayIsKeptInOrder(t *testing.T) {
 	expectLine(t, lines, "line 101")
 
 	stdin.Close()
+	if err := st.CloseStdin(); err != nil { // what CloseIO does
+		t.Fatal(err)
+	}
 	if err := cmd.Wait(); err != nil {
 		t.Fatalf("the process saw its output fail: %v", err)
 	}
 	if !st.Wait(5 * time.Second) {
 		t.Fatal("output copies did not finish")
+	}
+}
+
+// A client writes its stdin, closes it and calls CloseIO at once, perhaps
+// before the process runs (flotctl exec -i, ctr run with stdin from a
+// file): the process still reads every byte, then end of file.
+func TestCloseStdinKeepsWhatTheClientWrote(t *testing.T) {
+	dir := t.TempDir()
+	in, out := mkfifo(t, dir, "in"), mkfifo(t, dir, "out")
+	stdout := openReader(t, out)
+	defer stdout.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	st, err := Open(ctx, Stdio{Stdin: in, Stdout: out}, Owner{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	// Write-only, as clients open it: the open waits for the shim's read
+	// end, so the bytes are in the FIFO while it is held open.
+	stdin, err := os.OpenFile(in, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fmt.Fprintln(stdin, "typed")
+	stdin.Close()
+	if err := st.CloseStdin(); err != nil {
+		t.Fatal(err)
+	}
+	cmd := run(t, st, `cat`)
+	expectLine(t, bufio.NewReader(stdout), "typed")
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("cat: %v", err)
 	}
 }
 

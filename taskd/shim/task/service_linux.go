@@ -124,8 +124,10 @@ func New(cfg Config) *Service {
 // Done is closed when Shutdown decided the shim should exit.
 func (s *Service) Done() <-chan struct{} { return s.shutdown }
 
-func (s *Service) publish(topic string, event any) {
-	if err := s.cfg.Publisher.Publish(context.Background(), topic, event); err != nil {
+// publish hands event to the publisher; ctx is the call that caused it,
+// whose trace the event continues.
+func (s *Service) publish(ctx context.Context, topic string, event any) {
+	if err := s.cfg.Publisher.Publish(ctx, topic, event); err != nil {
 		s.log.Error("publish", "topic", topic, "error", err)
 	}
 }
@@ -286,7 +288,7 @@ func (s *Service) finishLocked(p *process, e runc.Exit) {
 	// An exec that never started has no exit to report; the init's exit
 	// is reported once it had a pid, started or not, as containerd does.
 	if p.started || p.execID == "" {
-		s.publish("/tasks/exit", &eventstypes.TaskExit{
+		s.publish(context.Background(), "/tasks/exit", &eventstypes.TaskExit{
 			ContainerID: p.c.id,
 			ID:          p.id(),
 			Pid:         uint32(p.pid),
@@ -424,7 +426,7 @@ func (s *Service) Create(ctx context.Context, r *taskapi.CreateTaskRequest) (_ *
 	s.mu.Lock()
 	p.pid = pid
 	c.init = p
-	s.publish("/tasks/create", &eventstypes.TaskCreate{
+	s.publish(ctx, "/tasks/create", &eventstypes.TaskCreate{
 		ContainerID: c.id,
 		Bundle:      c.bundle,
 		Rootfs:      r.GetRootfs(),
@@ -469,7 +471,7 @@ func (s *Service) watchOOM(c *container, pid int) {
 	if err == nil {
 		var w *cgroup.OOMWatch
 		w, err = cgroup.WatchOOM(dir, func() {
-			s.publish("/tasks/oom", &eventstypes.TaskOOM{ContainerID: c.id})
+			s.publish(context.Background(), "/tasks/oom", &eventstypes.TaskOOM{ContainerID: c.id})
 		})
 		if err == nil {
 			s.mu.Lock()
@@ -660,7 +662,7 @@ func (s *Service) Start(ctx context.Context, r *taskapi.StartRequest) (*taskapi.
 	if err == nil {
 		p.status = tasktypes.Status_RUNNING
 		p.started = true
-		s.publish("/tasks/start", &eventstypes.TaskStart{ContainerID: c.id, Pid: uint32(p.pid)})
+		s.publish(ctx, "/tasks/start", &eventstypes.TaskStart{ContainerID: c.id, Pid: uint32(p.pid)})
 	}
 	if p.pendingExit != nil {
 		e := *p.pendingExit
@@ -704,7 +706,7 @@ func (s *Service) startExec(ctx context.Context, c *container, p *process) (*tas
 	p.pid = pid
 	p.status = tasktypes.Status_RUNNING
 	p.started = true
-	s.publish("/tasks/exec-started", &eventstypes.TaskExecStarted{ContainerID: c.id, ExecID: p.execID, Pid: uint32(pid)})
+	s.publish(ctx, "/tasks/exec-started", &eventstypes.TaskExecStarted{ContainerID: c.id, ExecID: p.execID, Pid: uint32(pid)})
 	if e, ok := s.claimLocked(pid); ok {
 		s.exitedLocked(p, e)
 	} else {
@@ -832,7 +834,7 @@ func (s *Service) Delete(ctx context.Context, r *taskapi.DeleteRequest) (*taskap
 		delete(s.byPid, p.pid)
 	}
 	resp := &taskapi.DeleteResponse{Pid: uint32(p.pid), ExitStatus: uint32(p.exitStatus), ExitedAt: timestamppb.New(p.exitedAt)}
-	s.publish("/tasks/delete", &eventstypes.TaskDelete{
+	s.publish(ctx, "/tasks/delete", &eventstypes.TaskDelete{
 		ContainerID: c.id,
 		Pid:         resp.Pid,
 		ExitStatus:  resp.ExitStatus,
@@ -898,7 +900,7 @@ func (s *Service) Exec(ctx context.Context, r *taskapi.ExecProcessRequest) (*emp
 	spec.Terminal = r.GetTerminal()
 	p.spec = &spec
 	c.execs[p.execID] = p
-	s.publish("/tasks/exec-added", &eventstypes.TaskExecAdded{ContainerID: c.id, ExecID: p.execID})
+	s.publish(ctx, "/tasks/exec-added", &eventstypes.TaskExecAdded{ContainerID: c.id, ExecID: p.execID})
 	return &emptypb.Empty{}, nil
 }
 
@@ -1066,9 +1068,9 @@ func (s *Service) setPaused(ctx context.Context, id string, pause bool) (*emptyp
 	defer s.mu.Unlock()
 	c.paused = pause
 	if pause {
-		s.publish("/tasks/paused", &eventstypes.TaskPaused{ContainerID: c.id})
+		s.publish(ctx, "/tasks/paused", &eventstypes.TaskPaused{ContainerID: c.id})
 	} else {
-		s.publish("/tasks/resumed", &eventstypes.TaskResumed{ContainerID: c.id})
+		s.publish(ctx, "/tasks/resumed", &eventstypes.TaskResumed{ContainerID: c.id})
 	}
 	return &emptypb.Empty{}, nil
 }
@@ -1115,7 +1117,7 @@ func (s *Service) Checkpoint(ctx context.Context, r *taskapi.CheckpointTaskReque
 	if err != nil {
 		return nil, runtimeError(fmt.Sprintf("checkpoint %s", c.id), err, c.bundle)
 	}
-	s.publish("/tasks/checkpointed", &eventstypes.TaskCheckpointed{ContainerID: c.id, Checkpoint: r.GetPath()})
+	s.publish(ctx, "/tasks/checkpointed", &eventstypes.TaskCheckpointed{ContainerID: c.id, Checkpoint: r.GetPath()})
 	return &emptypb.Empty{}, nil
 }
 
