@@ -73,9 +73,11 @@ down:
 # Integration tests start the real binaries from ./bin: every module's tests
 # against stacks of separate daemons, then the integration suite again
 # against one-process stacks (FLOTILLA_MODE=one, what make up runs).
+# scripts/gotest.sh keeps each pass's whole -v output in test-logs/ and ends
+# with a summary (failures, tests that never finished, the slowest).
 test: deps build
-	FLOTILLA_BIN=$(BIN) $(GO) test $(TEST_FLAGS) $(foreach m,$(MODULES),./$(m)/...)
-	FLOTILLA_BIN=$(BIN) FLOTILLA_MODE=one $(GO) test $(TEST_FLAGS) ./integration/
+	FLOTILLA_BIN=$(BIN) GO=$(GO) bash scripts/gotest.sh separate $(TEST_FLAGS) $(foreach m,$(MODULES),./$(m)/...)
+	FLOTILLA_BIN=$(BIN) FLOTILLA_MODE=one GO=$(GO) bash scripts/gotest.sh one $(TEST_FLAGS) ./integration/
 
 # Flotilla, containerd 2.4.2 and Debian's containerd 1.6 side by side on the same workloads
 # (README: Benchmarks). BENCH_QUICK=1 is a quick smoke run; BENCH_OUT is where results go.
