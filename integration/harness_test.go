@@ -65,6 +65,7 @@ func TestMain(m *testing.M) {
 		}
 		binDir = filepath.Join(root, "bin")
 	}
+	startWatchdog()
 	os.Exit(m.Run())
 }
 
