@@ -35,7 +35,7 @@ TOOLS := $(CURDIR)/.tools
 # binary:// log URIs, the bench.
 TEST_COMMANDS := ./integration/cmd/flotilla-testimage ./integration/cmd/flotilla-testlogger ./integration/cmd/flotilla-bench
 
-TEST_FLAGS ?= -count=1 -timeout 30m
+TEST_FLAGS ?= -count=1 -timeout 20m
 BENCH ?= .
 
 .PHONY: all deps build up down demo test bench gobench fuzz proto vet fmt clean
