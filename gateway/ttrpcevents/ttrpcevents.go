@@ -8,11 +8,7 @@ package ttrpcevents
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"net"
-	"os"
-	"time"
 
 	eventsapi "github.com/containerd/containerd/api/services/events/v1"
 	ttrpcevents "github.com/containerd/containerd/api/services/ttrpc/events/v1"
@@ -23,6 +19,7 @@ import (
 	"google.golang.org/protobuf/types/known/emptypb"
 
 	"github.com/flotilla/flotilla/services/namespace"
+	"github.com/flotilla/flotilla/services/server"
 	"github.com/flotilla/flotilla/services/tracing"
 )
 
@@ -71,25 +68,7 @@ func (s service) Forward(ctx context.Context, req *ttrpcevents.ForwardRequest) (
 // with tp (nil: off). Call the returned function to stop serving; it
 // removes the socket.
 func Serve(path string, to Forwarder, tp *tracing.Provider) (func(), error) {
-	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return nil, fmt.Errorf("ttrpc socket %s: %w", path, err)
-	}
-	l, err := net.Listen("unix", path)
-	if err != nil {
-		return nil, fmt.Errorf("ttrpc listen on %s: %w", path, err)
-	}
-	srv, err := ttrpc.NewServer(ttrpc.WithUnaryServerInterceptor(tp.TTRPCServerInterceptor()))
-	if err != nil {
-		l.Close()
-		return nil, fmt.Errorf("ttrpc server: %w", err)
-	}
-	ttrpcevents.RegisterTTRPCEventsService(srv, service{to: to})
-	go srv.Serve(context.Background(), l)
-	return func() {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		defer cancel()
-		srv.Shutdown(ctx)
-		srv.Close()
-		os.Remove(path)
-	}, nil
+	return server.ServeTTRPC(path, tp, func(srv *ttrpc.Server) {
+		ttrpcevents.RegisterTTRPCEventsService(srv, service{to: to})
+	})
 }

@@ -7,12 +7,9 @@ package forward
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
-	"net"
-	"os"
 	"time"
 
 	eventsapi "github.com/containerd/containerd/api/services/events/v1"
@@ -28,6 +25,7 @@ import (
 
 	"github.com/flotilla/flotilla/services/dial"
 	"github.com/flotilla/flotilla/services/events"
+	"github.com/flotilla/flotilla/services/server"
 	"github.com/flotilla/flotilla/services/tracing"
 )
 
@@ -68,27 +66,9 @@ func (t ttrpcService) Forward(ctx context.Context, req *ttrpcevents.ForwardReque
 // socket path, replacing a stale socket, tracing each call with tp (nil:
 // off). Call the returned function to stop.
 func ServeTTRPC(path string, sink Sink, tp *tracing.Provider) (func(), error) {
-	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return nil, fmt.Errorf("ttrpc socket %s: %w", path, err)
-	}
-	l, err := net.Listen("unix", path)
-	if err != nil {
-		return nil, fmt.Errorf("ttrpc listen on %s: %w", path, err)
-	}
-	srv, err := ttrpc.NewServer(ttrpc.WithUnaryServerInterceptor(tp.TTRPCServerInterceptor()))
-	if err != nil {
-		l.Close()
-		return nil, fmt.Errorf("ttrpc server: %w", err)
-	}
-	ttrpcevents.RegisterTTRPCEventsService(srv, ttrpcService{sink: sink})
-	go srv.Serve(context.Background(), l)
-	return func() {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		defer cancel()
-		srv.Shutdown(ctx)
-		srv.Close()
-		os.Remove(path)
-	}, nil
+	return server.ServeTTRPC(path, tp, func(srv *ttrpc.Server) {
+		ttrpcevents.RegisterTTRPCEventsService(srv, ttrpcService{sink: sink})
+	})
 }
 
 // Publish sends one event to taskd at address (through Events.Forward) as
