@@ -8,10 +8,9 @@ import (
 
 	api "github.com/containerd/containerd/api/services/content/v1"
 	"github.com/containerd/errdefs"
+	"github.com/flotilla/flotilla/services/server"
 	"github.com/opencontainers/go-digest"
 	"google.golang.org/grpc/metadata"
-	"google.golang.org/protobuf/encoding/protowire"
-	"google.golang.org/protobuf/proto"
 )
 
 // FollowKey is the gRPC metadata key of a Read (or of a call that leads
@@ -115,24 +114,8 @@ const readDataField = 2
 // Release; the data field refers to buf.
 func (r *readResponse) UnmarshalOwned(buf []byte, release func()) error {
 	r.release = release
-	var rest, data []byte
-	for b := buf; len(b) > 0; {
-		num, typ, n := protowire.ConsumeTag(b)
-		if n < 0 {
-			return fmt.Errorf("read response: %w", protowire.ParseError(n))
-		}
-		m := protowire.ConsumeFieldValue(num, typ, b[n:])
-		if m < 0 {
-			return fmt.Errorf("read response: %w", protowire.ParseError(m))
-		}
-		if num == readDataField && typ == protowire.BytesType {
-			data, _ = protowire.ConsumeBytes(b[n:]) // the last occurrence wins, as in protobuf
-		} else {
-			rest = append(rest, b[:n+m]...)
-		}
-		b = b[n+m:]
-	}
-	if err := proto.Unmarshal(rest, &r.ReadContentResponse); err != nil {
+	data, err := server.UnmarshalReferring(buf, &r.ReadContentResponse, readDataField)
+	if err != nil {
 		return fmt.Errorf("read response: %w", err)
 	}
 	r.Data = data

@@ -6,6 +6,7 @@ import (
 	"sync"
 
 	"google.golang.org/grpc/mem"
+	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/protoadapt"
 )
@@ -55,6 +56,34 @@ func (Codec) Marshal(v any) (mem.BufferSlice, error) {
 // refers to buf, whatever UnmarshalOwned returns.
 type OwnedUnmarshaler interface {
 	UnmarshalOwned(buf []byte, release func()) error
+}
+
+// UnmarshalReferring decodes the protobuf message buf into m but for its
+// bytes field number field, which it returns as a slice of buf rather than
+// a copy; the last occurrence wins, as in protobuf. It is how an
+// OwnedUnmarshaler keeps its one large field in place.
+func UnmarshalReferring(buf []byte, m proto.Message, field protowire.Number) ([]byte, error) {
+	var rest, data []byte
+	for b := buf; len(b) > 0; {
+		num, typ, n := protowire.ConsumeTag(b)
+		if n < 0 {
+			return nil, protowire.ParseError(n)
+		}
+		v := protowire.ConsumeFieldValue(num, typ, b[n:])
+		if v < 0 {
+			return nil, protowire.ParseError(v)
+		}
+		if num == field && typ == protowire.BytesType {
+			data, _ = protowire.ConsumeBytes(b[n:])
+		} else {
+			rest = append(rest, b[:n+v]...)
+		}
+		b = b[n+v:]
+	}
+	if err := proto.Unmarshal(rest, m); err != nil {
+		return nil, err
+	}
+	return data, nil
 }
 
 // Unmarshal decodes data into v, a protobuf message or an OwnedUnmarshaler.

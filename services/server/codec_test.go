@@ -6,6 +6,7 @@ import (
 
 	contentapi "github.com/containerd/containerd/api/services/content/v1"
 	"google.golang.org/grpc/mem"
+	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 )
 
@@ -139,4 +140,28 @@ func TestCodecHandsBuffersOver(t *testing.T) {
 		}
 		o.release()
 	})
+}
+
+func TestUnmarshalReferringKeepsTheFieldInPlace(t *testing.T) {
+	in := &contentapi.WriteContentRequest{Ref: "ref", Offset: 42, Data: []byte("first")}
+	buf, err := proto.Marshal(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A second data field, as a peer may send: the last one wins.
+	buf = protowire.AppendBytes(protowire.AppendTag(buf, 6, protowire.BytesType), []byte("second"))
+	var out contentapi.WriteContentRequest
+	data, err := UnmarshalReferring(buf, &out, 6)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(data) != "second" || out.Ref != "ref" || out.Offset != 42 || out.Data != nil {
+		t.Fatalf("got data %q and %v", data, &out)
+	}
+	if &data[0] != &buf[len(buf)-len("second")] {
+		t.Fatal("the data field was copied, not referred to")
+	}
+	if _, err := UnmarshalReferring(buf[:len(buf)-1], &out, 6); err == nil {
+		t.Fatal("a truncated message was decoded")
+	}
 }

@@ -8,11 +8,10 @@ import (
 	api "github.com/containerd/containerd/api/services/content/v1"
 	"github.com/containerd/errdefs"
 	"github.com/opencontainers/go-digest"
-	"google.golang.org/protobuf/encoding/protowire"
-	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/flotilla/flotilla/contentd/content"
+	"github.com/flotilla/flotilla/services/server"
 )
 
 // Write implements api.ContentServer with containerd's protocol:
@@ -156,25 +155,8 @@ func recvWrite(stream api.Content_WriteServer) (*writeRequest, error) {
 // to buf; the other fields, small, are decoded as usual.
 func (r *writeRequest) UnmarshalOwned(buf []byte, release func()) error {
 	r.release = release
-	var rest []byte
-	var data []byte
-	for b := buf; len(b) > 0; {
-		num, typ, n := protowire.ConsumeTag(b)
-		if n < 0 {
-			return fmt.Errorf("write request: %w", protowire.ParseError(n))
-		}
-		m := protowire.ConsumeFieldValue(num, typ, b[n:])
-		if m < 0 {
-			return fmt.Errorf("write request: %w", protowire.ParseError(m))
-		}
-		if num == dataField && typ == protowire.BytesType {
-			data, _ = protowire.ConsumeBytes(b[n:]) // the last occurrence wins, as in protobuf
-		} else {
-			rest = append(rest, b[:n+m]...)
-		}
-		b = b[n+m:]
-	}
-	if err := proto.Unmarshal(rest, &r.WriteContentRequest); err != nil {
+	data, err := server.UnmarshalReferring(buf, &r.WriteContentRequest, dataField)
+	if err != nil {
 		return fmt.Errorf("write request: %w", err)
 	}
 	r.Data = data
