@@ -169,10 +169,12 @@ func TestRepullAppliesNoLayer(t *testing.T) {
 // watchPrepares subscribes to namespace ns's /snapshot/prepare events; the
 // function it returns counts those published since, up to a sentinel
 // snapshot it prepares itself (events reach a subscriber in order, so when
-// the sentinel's arrives every earlier one has).
+// the sentinel's arrives every earlier one has). A subscription is live
+// only some time after Subscribe returns: until a first sentinel's event
+// comes through, sentinels are prepared again. No wait is unbounded.
 func watchPrepares(t *testing.T, conn *grpc.ClientConn, ns string) func() int {
 	t.Helper()
-	ctx, cancel := context.WithCancel(metadata.AppendToOutgoingContext(context.Background(), namespace.MetadataKey, ns))
+	ctx, cancel := context.WithTimeout(metadata.AppendToOutgoingContext(context.Background(), namespace.MetadataKey, ns), 2*time.Minute)
 	t.Cleanup(cancel)
 	stream, err := eventsapi.NewEventsClient(conn).Subscribe(ctx, &eventsapi.SubscribeRequest{
 		Filters: []string{fmt.Sprintf(`namespace==%q,topic=="/snapshot/prepare"`, ns)},
@@ -180,7 +182,17 @@ func watchPrepares(t *testing.T, conn *grpc.ClientConn, ns string) func() int {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// The subscription is live once one event has come through it.
+	events := make(chan string, 64)
+	go func() {
+		defer close(events)
+		for {
+			env, err := stream.Recv()
+			if err != nil {
+				return
+			}
+			events <- string(env.GetEvent().GetValue())
+		}
+	}()
 	sentinel := func(key string) {
 		t.Helper()
 		sn := snapshotsapi.NewSnapshotsClient(conn)
@@ -194,28 +206,50 @@ func watchPrepares(t *testing.T, conn *grpc.ClientConn, ns string) func() int {
 			t.Fatalf("remove %s: %v", key, err)
 		}
 	}
-	// countUntil counts the events before the sentinel key's.
-	countUntil := func(key string) int {
+	// countUntil counts the events other than sentinels' before key's, or
+	// reports false when key's has not come within wait.
+	countUntil := func(key string, wait time.Duration) (int, bool) {
 		t.Helper()
+		timeout := time.After(wait)
 		n := 0
 		for {
-			env, err := stream.Recv()
-			if err != nil {
-				t.Fatalf("events: %v", err)
+			select {
+			case v, ok := <-events:
+				if !ok {
+					t.Fatalf("events of %s: the subscription ended: %v", ns, context.Cause(ctx))
+				}
+				if strings.Contains(v, key) {
+					return n, true
+				}
+				if !strings.Contains(v, "sentinel-") {
+					n++
+				}
+			case <-timeout:
+				return n, false
 			}
-			if strings.Contains(string(env.GetEvent().GetValue()), key) {
-				return n
-			}
-			n++
 		}
 	}
-	sentinel("sentinel-start")
-	if n := countUntil("sentinel-start"); n != 0 {
-		t.Fatalf("%d prepare events before the watch began", n)
+	for i := 0; ; i++ {
+		key := fmt.Sprintf("sentinel-start-%02d", i) // fixed width: no key is a prefix of another
+		sentinel(key)
+		n, ok := countUntil(key, time.Second)
+		if n != 0 {
+			t.Fatalf("%d prepare events before the watch began", n)
+		}
+		if ok {
+			break
+		}
+		if i == 30 {
+			t.Fatalf("no sentinel's /snapshot/prepare event reached a subscriber of %s in 30 s", ns)
+		}
 	}
 	return func() int {
 		sentinel("sentinel-end")
-		return countUntil("sentinel-end")
+		n, ok := countUntil("sentinel-end", time.Minute)
+		if !ok {
+			t.Fatalf("the sentinel's /snapshot/prepare event did not reach the live subscriber of %s within a minute", ns)
+		}
+		return n
 	}
 }
 
