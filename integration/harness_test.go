@@ -193,10 +193,7 @@ func (s *Stack) Kill9(name string) {
 		s.t.Fatalf("kill %s: %v", name, err)
 	}
 	for i := 0; i < 500; i++ {
-		if _, err := os.Stat(fmt.Sprintf("/proc/%d", pid)); os.IsNotExist(err) {
-			return
-		}
-		if st, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid)); bytes.Contains(st, []byte(") Z ")) {
+		if stack.Exited(pid) {
 			return
 		}
 		time.Sleep(10 * time.Millisecond)

@@ -63,14 +63,11 @@ func attachCtrEvents(t *testing.T, s *Stack, probe string) {
 	t.Fatal("ctr events never reported a probe namespace")
 }
 
-// waitGone waits for process pid to exit (or become a zombie), up to limit.
+// waitGone waits for process pid to exit, every thread, up to limit.
 func waitGone(pid int, limit time.Duration) bool {
 	end := time.Now().Add(limit)
 	for time.Now().Before(end) {
-		if _, err := os.Stat(fmt.Sprintf("/proc/%d", pid)); os.IsNotExist(err) {
-			return true
-		}
-		if st, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid)); strings.Contains(string(st), ") Z ") {
+		if stack.Exited(pid) {
 			return true
 		}
 		time.Sleep(5 * time.Millisecond)

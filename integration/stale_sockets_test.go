@@ -5,11 +5,12 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/flotilla/flotilla/flotctl/stack"
 )
 
 // shimSockets lists the sockets in the stack's shim socket directory.
@@ -38,15 +39,14 @@ func shimSocket(t *testing.T, s *runStack, id string) string {
 	return strings.TrimPrefix(strings.TrimSpace(string(b)), "unix://")
 }
 
-// killPid sends SIGKILL to pid and waits until it is gone (or a zombie).
+// killPid sends SIGKILL to pid and waits until it has exited, every thread.
 func killPid(t *testing.T, pid int) {
 	t.Helper()
 	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
 	for range 500 {
-		st, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "stat"))
-		if err != nil || strings.Contains(string(st), ") Z ") {
+		if stack.Exited(pid) {
 			return
 		}
 		time.Sleep(10 * time.Millisecond)

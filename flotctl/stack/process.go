@@ -153,10 +153,27 @@ func (l Layout) running(name string) (int, bool) {
 	if err != nil || filepath.Base(strings.TrimSuffix(exe, " (deleted)")) != name {
 		return 0, false
 	}
-	if st, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid)); err == nil && isZombie(string(st)) {
+	if Exited(pid) {
 		return 0, false
 	}
 	return pid, true
+}
+
+// Exited reports whether process pid has exited: it is gone, or its main
+// thread is a zombie and no other thread of it is left. A killed daemon's
+// main thread turns zombie while its other threads may still be exiting,
+// with its descriptors (its listening sockets) still open until the last
+// one is gone; a daemon started again before that finds its socket served.
+func Exited(pid int) bool {
+	st, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ESRCH) {
+		return true
+	}
+	if err != nil || !isZombie(string(st)) {
+		return false
+	}
+	threads, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	return err != nil || len(threads) <= 1
 }
 
 func isZombie(stat string) bool {
@@ -211,13 +228,7 @@ func stopProcess(pid int, timeout time.Duration) error {
 	return fmt.Errorf("did not stop within %s; killed", timeout)
 }
 
-func alive(pid int) bool {
-	st, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if errors.Is(err, fs.ErrNotExist) {
-		return false
-	}
-	return err != nil || !isZombie(string(st))
-}
+func alive(pid int) bool { return !Exited(pid) }
 
 // waitHealthy polls the daemon's gRPC health until it answers SERVING.
 func waitHealthy(ctx context.Context, s Service, timeout time.Duration) error {

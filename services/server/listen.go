@@ -78,6 +78,10 @@ func listenUnix(network, path string) (*net.UnixListener, error) {
 	return l, nil
 }
 
+// servedGrace is how long a socket must keep answering before Listen
+// counts it as served by another process.
+var servedGrace = 3 * time.Second
+
 // removeStaleSocket removes the socket file path unless something serves
 // network (unix or unixpacket) on it.
 func removeStaleSocket(network, path string) error {
@@ -91,9 +95,18 @@ func removeStaleSocket(network, path string) error {
 	if fi.Mode().Type() != fs.ModeSocket {
 		return fmt.Errorf("%s exists and is not a socket; refusing to replace it", path)
 	}
-	if c, err := net.DialTimeout(network, path, 500*time.Millisecond); err == nil {
+	// A daemon killed a moment ago may still hold its listening socket
+	// while its last threads exit; its successor, started at once, asks
+	// again for a while before it counts the socket as another's.
+	for deadline := time.Now().Add(servedGrace); ; time.Sleep(50 * time.Millisecond) {
+		c, err := net.DialTimeout(network, path, 500*time.Millisecond)
+		if err != nil {
+			break
+		}
 		c.Close()
-		return fmt.Errorf("%s: another process is serving on this socket", path)
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s: another process is serving on this socket", path)
+		}
 	}
 	if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("remove stale socket: %w", err)

@@ -227,6 +227,21 @@ func TestStaleSocket(t *testing.T) {
 			t.Fatalf("second Listen = %v, want refusal", err)
 		}
 	})
+	t.Run("a socket whose server goes away meanwhile is taken over", func(t *testing.T) {
+		// A daemon killed just before: its socket answers for a moment more.
+		sock := filepath.Join(dir, "dying.sock")
+		l, err := net.Listen("unix", sock)
+		if err != nil {
+			t.Fatal(err)
+		}
+		l.(*net.UnixListener).SetUnlinkOnClose(false)
+		time.AfterFunc(300*time.Millisecond, func() { l.Close() })
+		l2, err := Listen(sock)
+		if err != nil {
+			t.Fatalf("Listen after the old server went away: %v", err)
+		}
+		l2.Close()
+	})
 	t.Run("a regular file is never removed", func(t *testing.T) {
 		path := filepath.Join(dir, "file")
 		os.WriteFile(path, []byte("data"), 0o644)
