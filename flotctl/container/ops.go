@@ -307,7 +307,6 @@ func Exec(ctx context.Context, c *client.Client, id string, o ExecOptions) (uint
 		}
 		return 0, fmt.Errorf("exec in %s: %w", id, err)
 	}
-	a.Created()
 	defer func() {
 		cctx, cancel := cleanupContext(ctx)
 		defer cancel()
@@ -325,6 +324,9 @@ func Exec(ctx context.Context, c *client.Client, id string, o ExecOptions) (uint
 	if _, err := c.Tasks.Start(ctx, &tasksapi.StartRequest{ContainerID: id, ExecID: execID}); err != nil {
 		return 0, fmt.Errorf("start exec in %s: %w", id, err)
 	}
+	// An exec's stdin exists once it has started: only then may the end of
+	// a short stdin be passed on (CloseIO), as containerd's clients do.
+	a.Created()
 	if o.TTY && o.Resize != nil {
 		o.Resize(func(w, h uint16) {
 			c.Tasks.ResizePty(ctx, &tasksapi.ResizePtyRequest{ContainerID: id, ExecID: execID, Width: uint32(w), Height: uint32(h)})

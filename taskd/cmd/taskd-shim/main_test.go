@@ -659,6 +659,48 @@ func TestStdinIsEchoedAndCloseIOEndsIt(t *testing.T) {
 	}
 }
 
+// A client whose stdin is short may close it before the exec it feeds has
+// started (flotctl exec -i, nerdctl exec -i with a pipe): the exec still
+// reads what was written, then end of file.
+func TestCloseIOBeforeAnExecStartsEndsItsStdin(t *testing.T) {
+	needRoot(t)
+	b, client := launch(t, spec("closeio", "sleep", "1000"), nil)
+	ctx := ctxT(t)
+	if _, err := client.Start(ctx, &taskapi.StartRequest{ID: b.id}); err != nil {
+		t.Fatal(err)
+	}
+	io := newStdio(t, true, false)
+	if _, err := client.Exec(ctx, &taskapi.ExecProcessRequest{ID: b.id, ExecID: "cat", Stdin: io.stdin, Stdout: io.stdout, Stderr: io.stderr, Spec: execSpec(t, "cat")}); err != nil {
+		t.Fatalf("exec: %v", err)
+	}
+	if _, err := client.CloseIO(ctx, &taskapi.CloseIORequest{ID: b.id, ExecID: "cat", Stdin: true}); err != nil {
+		t.Fatalf("CloseIO before start: %v", err)
+	}
+	if _, err := client.Start(ctx, &taskapi.StartRequest{ID: b.id, ExecID: "cat"}); err != nil {
+		t.Fatalf("start exec: %v", err)
+	}
+	io.write(t, "typed\n")
+	io.closeStdin()
+	w, err := client.Wait(ctx, &taskapi.WaitRequest{ID: b.id, ExecID: "cat"})
+	if err != nil || w.ExitStatus != 0 {
+		t.Fatalf("exec wait: %v %v, want 0 once stdin ended", w, err)
+	}
+	io.waitEOF(t)
+	if got := io.output(); got != "typed\n" {
+		t.Fatalf("exec stdout = %q, want what was written", got)
+	}
+	if _, err := client.Kill(ctx, &taskapi.KillRequest{ID: b.id, Signal: 9}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := client.Wait(ctx, &taskapi.WaitRequest{ID: b.id}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := client.Delete(ctx, &taskapi.DeleteRequest{ID: b.id}); err != nil {
+		t.Fatal(err)
+	}
+	shutdown(t, client, b)
+}
+
 func TestTerminalResizesAndIsATTY(t *testing.T) {
 	needRoot(t)
 	io := newStdio(t, true, true)

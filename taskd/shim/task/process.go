@@ -47,6 +47,9 @@ type process struct {
 
 	streams *stdio.Streams
 	ptySize *[2]uint32 // width, height asked for before streams existed
+	// closeStdin: CloseIO came before the streams existed (an exec not yet
+	// started); its stdin is closed as soon as they do.
+	closeStdin bool
 	pid     int
 	status  tasktypes.Status // CREATED, RUNNING or STOPPED
 	started bool             // the start event was published

@@ -724,8 +724,15 @@ func (s *Service) runExec(ctx context.Context, c *container, p *process) (int, e
 	// the pty comes; one asked for earlier is handed over.
 	s.mu.Lock()
 	p.streams = streams
-	size := p.ptySize
+	size, closeStdin := p.ptySize, p.closeStdin
 	s.mu.Unlock()
+	if closeStdin {
+		// What the client wrote is still forwarded; then end of file.
+		if err := streams.CloseStdin(); err != nil {
+			streams.Close()
+			return 0, fmt.Errorf("close stdin of exec %s: %w", p.execID, err)
+		}
+	}
 	spec := *p.spec
 	if size != nil {
 		_ = streams.Resize(size[0], size[1])
@@ -1156,6 +1163,11 @@ func (s *Service) CloseIO(ctx context.Context, r *taskapi.CloseIORequest) (*empt
 	}
 	s.mu.Lock()
 	streams := p.streams
+	if streams == nil && r.GetStdin() {
+		// An exec not started yet: clients may close its stdin first
+		// (a short stdin ends while the exec is being set up).
+		p.closeStdin = true
+	}
 	s.mu.Unlock()
 	if r.GetStdin() && streams != nil {
 		if err := streams.CloseStdin(); err != nil {
