@@ -299,8 +299,8 @@ func testLifecycle(t *testing.T, fc flotctlOn, ref string, detach bool) {
 	if out := fc.must("exec", id, "sh", "-c", "echo in-$HOSTNAME"); out != "in-"+id+"\n" {
 		t.Errorf("exec printed %q", out)
 	}
-	if r := fc.run(strings.NewReader("typed\n"), "exec", "-i", id, "cat"); r.stdout != "typed\n" {
-		t.Errorf("exec -i printed %q (%s)", r.stdout, r.stderr)
+	if r := fc.run(strings.NewReader("typed\n"), "exec", "-i", id, "cat"); r.stdout != "typed\n" || r.code != 0 {
+		t.Errorf("exec -i printed %q and exited %d, want what it read and 0 once its stdin ended (%s)", r.stdout, r.code, r.stderr)
 	}
 	if r := fc.run(nil, "exec", id, "sh", "-c", "exit 4"); r.code != 4 {
 		t.Errorf("exec exit %d, want 4 (%s)", r.code, r.stderr)
