@@ -914,6 +914,17 @@ func (ss *session) fromUpstream(p *peer, f http2.Frame) error {
 		if st == nil {
 			return nil
 		}
+		if f.ErrCode == http2.ErrCodeNo && st.toClient.srcEnded && !st.toClient.ended {
+			// The upstream has answered in full and only tells the client
+			// to stop sending (a gRPC server does once its handler returns
+			// before the client closed its side). What the client has no
+			// window for yet, trailers last, still goes first; the reset
+			// follows it (maybeFinish).
+			ss.dropPending(st, &st.toUp)
+			st.toUp.ended = true
+			st.resetClient = true
+			return nil
+		}
 		code := st.code
 		if !st.toClient.ended {
 			code = resetCode(f.ErrCode)

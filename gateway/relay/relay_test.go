@@ -595,3 +595,62 @@ func TestRelayHoldsClientsToTheirWindows(t *testing.T) {
 		})
 	})
 }
+
+// A gRPC server whose handler returns while the client still has its side
+// open ends the stream with trailers and then RST_STREAM(NO_ERROR). When
+// the client has not yet granted the window for the end of the answer, the
+// relay still holds it: the reset must wait behind it, or the answer's tail
+// and its status are lost (containerd's Streaming export: the client saw
+// "stream terminated by RST_STREAM with error code: NO_ERROR").
+func TestAnswerHeldForTheClientOutlivesTheUpstreamsReset(t *testing.T) {
+	dir := sockdir.New(t)
+	const messages, size = 4, 48 << 10 // past the client's first 64 KiB window
+	returned := make(chan struct{})
+	b := startBackend(t, dir, func(_ any, ss grpc.ServerStream) error {
+		defer close(returned)
+		var first []byte
+		if err := ss.RecvMsg(&first); err != nil {
+			return err
+		}
+		for i := range messages {
+			msg := pattern(size, byte(i))
+			if err := ss.SendMsg(&msg); err != nil {
+				return err
+			}
+		}
+		return nil // the client has not closed its side: gRPC resets
+	})
+	f := startRelay(t, dir, b.addr)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	s, err := f.conn.NewStream(ctx, bidi, "/test.Tail/Bidi")
+	if err != nil {
+		t.Fatal(err)
+	}
+	hello := []byte("hello")
+	if err := s.SendMsg(&hello); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-returned:
+	case <-ctx.Done():
+		t.Fatal("the handler never returned")
+	}
+	// Its trailers and reset follow the return at once; give them the time
+	// to reach the relay before the client reads (were this too short, the
+	// test would pass without testing, never fail).
+	time.Sleep(200 * time.Millisecond)
+	for i := range messages {
+		var got []byte
+		if err := s.RecvMsg(&got); err != nil {
+			t.Fatalf("message %d of %d: %v", i, messages, err)
+		}
+		if !bytes.Equal(got, pattern(size, byte(i))) {
+			t.Fatalf("message %d differs", i)
+		}
+	}
+	var extra []byte
+	if err := s.RecvMsg(&extra); !errors.Is(err, io.EOF) {
+		t.Fatalf("after the answer: %v, want the end of the stream with status OK", err)
+	}
+}

@@ -26,6 +26,9 @@ type stream struct {
 	// it); answered: the upstream's response headers went to the client.
 	clientEnded bool
 	answered    bool
+	// resetClient: the upstream reset the stream (NO_ERROR) after its
+	// whole answer; the client gets the reset once it has the answer.
+	resetClient bool
 	code        codes.Code // from the upstream's trailers
 	done        bool
 	// contentLength is the request's content-length, -1 if none; bodyLen
@@ -222,6 +225,9 @@ func (ss *session) dropPending(st *stream, h *half) {
 // maybeFinish forgets st once both directions have ended.
 func (ss *session) maybeFinish(st *stream) {
 	if st.toUp.ended && st.toClient.ended && !st.done {
+		if st.resetClient && !st.clientEnded {
+			ss.client.fr.WriteRSTStream(st.id, http2.ErrCodeNo)
+		}
 		ss.finish(st, st.code)
 	}
 }
