@@ -50,9 +50,9 @@ type process struct {
 	// closeStdin: CloseIO came before the streams existed (an exec not yet
 	// started); its stdin is closed as soon as they do.
 	closeStdin bool
-	pid     int
-	status  tasktypes.Status // CREATED, RUNNING or STOPPED
-	started bool             // the start event was published
+	pid        int
+	status     tasktypes.Status // CREATED, RUNNING or STOPPED
+	started    bool             // the start event was published
 	// starting is set while the runtime starts the process. For the init,
 	// an exit reaped meanwhile waits in pendingExit for Start to report it,
 	// so the start event precedes the exit event.
